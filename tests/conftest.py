@@ -1,0 +1,25 @@
+"""Shared fixtures: the repository root and `shared/` (golden files, Flickr8k) beside the checkout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_root() -> Path:
+    """`$TESSERA_SHARED`, else the `shared/` folder beside the checkout (as CI lays it out)."""
+    return Path(os.environ.get("TESSERA_SHARED", REPO_ROOT.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    root = shared_root()
+    if not (root / "golden").is_dir():
+        pytest.fail(
+            f"shared/ not found at {root}: set TESSERA_SHARED to the folder holding golden/ and data/"
+        )
+    return root

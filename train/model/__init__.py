@@ -1,0 +1,5 @@
+"""Model: towers (ViT, EfficientNet-lite0, BERT), heads, codebook, momentum twin, queue."""
+
+from train.model.dual import DualEncoder, Encoded, resolve_config
+
+__all__ = ["DualEncoder", "Encoded", "resolve_config"]

