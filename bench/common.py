@@ -1,0 +1,54 @@
+"""Helpers every benchmark shares: the machine line, medians, and recording a table in
+docs/benchmarks.md between `<!-- bench:NAME -->` markers (the rest of the page is left alone)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+
+
+def machine() -> str:
+    """One line: CPU model, cores, memory, Python and key library versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    libs = []
+    for name in ("torch", "onnxruntime", "numpy"):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            libs.append(f"{name} {mod.__version__}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB, Python {platform.python_version()}, "
+        + ", ".join(libs)
+    )
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def record(name: str, body: str) -> None:
+    """Replaces (or appends) the `name` block of docs/benchmarks.md with `body`."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    block = f"{start}\nRecorded {stamp}.\n\n{body.rstrip()}\n{end}"
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = head + block + tail
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    DOC.write_text(text)
