@@ -3,6 +3,8 @@
 Map:
 - `ImageTowerConfig`, `TextTowerConfig`, `ModelConfig`: the model shapes as data (open_clip style).
 - `ObjectiveConfig`: the alignment objective preset and its constants (DESIGN.md §3).
+- `DataConfig`, `OptimConfig`, `LockConfig`, `RunConfig`, `TrainConfig`: one training run.
+- `load_train_config`: a TOML file plus `--set` overrides -> `TrainConfig`.
 - `from_dict` / `to_dict`: nested dataclass <-> plain dict (checkpoints store `to_dict`).
 - `load_toml`, `apply_overrides`: the only way a config is built from files and flags.
 
@@ -28,6 +30,8 @@ T = TypeVar("T")
 
 ImageTowerKind = Literal["vit", "efficientnet_lite0"]
 TextPooling = Literal["cls", "mean"]
+DataSource = Literal["shapes", "jsonl"]
+Augment = Literal["tcl", "light", "none"]
 Preset = Literal["itc", "tcl", "codis", "tessera"]
 
 
@@ -77,6 +81,7 @@ class ModelConfig:
     image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
     embed_dim: int = 256  # d, the joint space
+    head_dropout: float = 0.0  # dropout on tower outputs before the heads (locked towers overfit)
     regions_side: int = 4  # image locals are pooled to regions_side² regions (16)
     codebook_size: int = 1024  # K
     codebook_temp: float = 0.1  # τ_c, student code-assignment temperature (SwAV's value)
@@ -98,6 +103,91 @@ class ObjectiveConfig:
     weight_imc: float = 1.0
     weight_lmi: float = 1.0
     weight_code: float = 1.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: DataSource = "shapes"
+    # jsonl: the captions file (DESIGN: {"image", "caption" | "captions", "split"?}); relative
+    # paths resolve against the working directory. Image paths resolve against `image_root`
+    # ("" = the folder `images/` beside the JSONL).
+    jsonl: str = ""
+    image_root: str = ""
+    train_split: str = "train"
+    val_split: str = "dev"
+    # shapes: images generated from (seed, index); val images use a disjoint seed stream.
+    shapes_train_images: int = 4000
+    shapes_val_images: int = 500
+    shapes_captions: int = 2  # captions per shapes image (differently worded)
+    shapes_seed: int = 0
+    # "train": a WordPiece vocabulary learned from the training captions (from-scratch text
+    # towers); "minilm-l6": the MiniLM package's; otherwise a tokenizer.json path.
+    tokenizer: str = "train"
+    vocab_size: int = 2000  # for a trained tokenizer
+    max_words: int = 30  # caption clean-up word cap (TCL's pre_caption)
+    augment: Augment = "tcl"  # "light": colour/blur only (shapes: crops and flips change captions)
+    workers: int = 2  # DataLoader worker processes
+    val_max_images: int = 0  # 0 = the whole validation split
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    batch_size: int = 64  # per rank
+    epochs: float = 5.0
+    max_steps: int = 0  # > 0 overrides epochs
+    lr: float = 1e-4  # peak, after warm-up
+    tower_lr_scale: float = 1.0  # lr multiplier for the (pretrained) towers' parameters
+    weight_decay: float = 0.02
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    grad_clip_norm: float = 5.0  # 0 = no clipping
+    beta2: float = 0.98
+
+
+@dataclass(frozen=True)
+class LockConfig:
+    image_stages: int = 0  # leading image-tower stages frozen; -1 = the whole tower
+    text_stages: int = 0  # likewise for the text tower
+    cache: bool = False  # compute locked prefixes once, for `cache_views` fixed views per image
+    cache_views: int = 4  # augmented views cached per image; each step draws two of them
+    cache_dir: str = ""  # "" = OUT/cache; runs with equal data/tower/lock settings may share one
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"  # "auto" = cuda if available, else cpu
+    amp: bool = True  # autocast (bf16, else fp16 with loss scaling) where the device supports it
+    log_every_steps: int = 20
+    eval_every_steps: int = 0  # 0 = at the end of every epoch
+    alpha_ramp_epochs: float = 1.0  # α ramps 0 -> objective.alpha over this many epochs
+    progress: bool = True  # a progress bar on rank 0
+    stop_after_steps: int = 0  # > 0: save and exit after this many steps of this invocation
+    # (preemptible or time-sliced jobs: the next `--resume` continues exactly where it stopped)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    lock: LockConfig = field(default_factory=LockConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def load_train_config(name_or_path: str, overrides: list[str] | None = None) -> TrainConfig:
+    """A config by name (`train/configs/NAME.toml`) or path, with `key=value` overrides."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = CONFIG_DIR / f"{name_or_path.removesuffix('.toml')}.toml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
+        raise ConfigError(f"no config {name_or_path!r} (a file, or one of: {known})")
+    return from_dict(TrainConfig, apply_overrides(load_toml(path), overrides or []))
 
 
 def to_dict(config: Any) -> dict[str, Any]:

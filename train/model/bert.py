@@ -124,21 +124,49 @@ class BertTextTower(nn.Module):
         self.encoder = _Encoder(cfg)
         self.apply(_init_weights)
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        keep = attention_mask.bool()  # (B, L)
-        h = self.embeddings(input_ids)  # (B, L, W)
+    # Staged interface (train.model.tower): embeddings | layers | pooling. `mask` is the
+    # attention mask (B, L); hidden states keep all L positions, [CLS] first.
+    @property
+    def num_stages(self) -> int:
+        return len(self.encoder.layer)
+
+    def embed(self, input_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.embeddings(input_ids)  # (B, L, W)
+
+    def run_stages(
+        self, h: torch.Tensor, start: int, stop: int, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        assert mask is not None, "the text tower needs its attention mask"
+        if start >= stop:
+            return h
+        keep = mask.bool()  # (B, L)
         bias = torch.zeros(keep.shape, dtype=h.dtype, device=h.device)
         bias = bias.masked_fill(~keep, torch.finfo(h.dtype).min)[:, None, None, :]  # (B, 1, 1, L)
-        for layer in self.encoder.layer:
+        for layer in self.encoder.layer[start:stop]:
             h = layer(h, bias)
+        return h
+
+    def finish(
+        self, h: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        assert mask is not None, "the text tower needs its attention mask"
+        keep = mask.bool()  # (B, L)
         if self.cfg.pooling == "cls":
             pooled = h[:, 0]  # (B, W)
         else:
             weights = keep.to(h.dtype).unsqueeze(-1)  # (B, L, 1)
             pooled = (h * weights).sum(1) / weights.sum(1).clamp_min(1e-9)  # (B, W)
         return pooled, h[:, 1:], keep[:, 1:]
+
+    def stage_groups(self) -> list[list[nn.Module | nn.Parameter]]:
+        """[embed, layer 1 .. layer n, finish] — what freezing k stages locks (tower.py)."""
+        return [[self.embeddings], *[[layer] for layer in self.encoder.layer], []]
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = self.run_stages(self.embed(input_ids), 0, self.num_stages, attention_mask)
+        return self.finish(h, attention_mask)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, cfg: TextTowerConfig) -> BertTextTower:

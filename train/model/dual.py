@@ -24,6 +24,7 @@ from train.model.heads import Codebook, ProjectionHead
 from train.model.momentum import ema_update, momentum_copy
 from train.model.pretrained import resolve_text_dir
 from train.model.queue import PairQueue
+from train.model.tower import freeze, resolve_locked
 from train.model.vit import VisionTransformer
 from train.objectives.features import StepFeatures
 
@@ -38,8 +39,9 @@ class Encoded:
     mask: torch.Tensor  # (B, N) bool
 
 
-def resolve_config(cfg: ModelConfig) -> ModelConfig:
-    """Fills what the towers imply: pixel statistics, and a pretrained BERT's shapes."""
+def resolve_config(cfg: ModelConfig, read_pretrained: bool = True) -> ModelConfig:
+    """Fills what the towers imply: pixel statistics, and (when `read_pretrained`) a pretrained
+    BERT's shapes from its config.json. Checkpoints store the resolved config."""
     image = cfg.image
     if image.mean is None or image.std is None:
         lite = image.kind == "efficientnet_lite0"
@@ -49,7 +51,7 @@ def resolve_config(cfg: ModelConfig) -> ModelConfig:
             std=image.std or (LITE0_STD if lite else IMAGENET_STD),
         )
     text = cfg.text
-    if text.pretrained:
+    if text.pretrained and read_pretrained:
         import json
 
         from train.model.bert import hf_to_config
@@ -84,15 +86,24 @@ class Towers(nn.Module):
         super().__init__()
         self.image_tower = build_image_tower(cfg.image, cfg.regions_side, load_weights)
         self.text_tower = build_text_tower(cfg.text, load_weights)
-        self.image_head = ProjectionHead(int(self.image_tower.width), cfg.embed_dim)
-        self.text_head = ProjectionHead(self.text_tower.width, cfg.embed_dim)
+        self.image_head = ProjectionHead(int(self.image_tower.width), cfg.embed_dim, cfg.head_dropout)
+        self.text_head = ProjectionHead(self.text_tower.width, cfg.embed_dim, cfg.head_dropout)
 
-    def encode_image(self, pixels: torch.Tensor) -> Encoded:
-        pooled, local, mask = self.image_tower(pixels)  # (B, W), (B, R, W), (B, R)
+    def encode_image(self, h: torch.Tensor, start: int = 0) -> Encoded:
+        """From normalised pixels (start = 0) or the hidden state after `start` stages."""
+        tower = self.image_tower
+        if start == 0:
+            h = tower.embed(h)
+        pooled, local, mask = tower.finish(tower.run_stages(h, start, tower.num_stages))  # (B, W), (B, R, W)
         return Encoded(self.image_head(pooled), self.image_head(local), mask)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
-        pooled, local, mask = self.text_tower(input_ids, attention_mask)  # (B, W), (B, L-1, W)
+    def encode_text(self, h: torch.Tensor, attention_mask: torch.Tensor, start: int = 0) -> Encoded:
+        """From token ids (start = 0) or the hidden states (B, L, W) after `start` stages."""
+        tower = self.text_tower
+        if start == 0:
+            h = tower.embed(h)
+        h = tower.run_stages(h, start, tower.num_stages, attention_mask)
+        pooled, local, mask = tower.finish(h, attention_mask)  # (B, W), (B, L-1, W), (B, L-1)
         return Encoded(self.text_head(pooled), self.text_head(local), mask)
 
 
@@ -102,7 +113,7 @@ class DualEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig, load_weights: bool = True) -> None:
         """`load_weights=False` skips pretrained files (a checkpoint's state dict follows)."""
         super().__init__()
-        cfg = resolve_config(cfg)
+        cfg = resolve_config(cfg, read_pretrained=load_weights)
         self.cfg = cfg
         self.online = Towers(cfg, load_weights)
         self.momentum = momentum_copy(self.online)
@@ -112,6 +123,42 @@ class DualEncoder(nn.Module):
         assert cfg.image.mean is not None and cfg.image.std is not None
         self.register_buffer("pixel_mean", torch.tensor(cfg.image.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.image.std).view(1, 3, 1, 1), persistent=False)
+        self.image_locked = 0  # leading image-tower stages frozen (see `lock`)
+        self.text_locked = 0
+        self._frozen: list[nn.Module] = []
+
+    def lock(self, image_stages: int, text_stages: int) -> None:
+        """Freezes the first stages of each tower (-1 = all); they stay in eval mode for good.
+
+        The momentum twin's copies of locked stages equal the online ones, so a locked prefix is
+        computed once per step (`image_prefix` / `text_prefix`) and shared by both.
+        """
+        self.image_locked = resolve_locked(self.online.image_tower, image_stages)
+        self.text_locked = resolve_locked(self.online.text_tower, text_stages)
+        self._frozen = freeze(self.online.image_tower, self.image_locked)
+        self._frozen += freeze(self.online.text_tower, self.text_locked)
+        self._frozen += freeze(self.momentum.image_tower, self.image_locked)
+        self._frozen += freeze(self.momentum.text_tower, self.text_locked)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> DualEncoder:
+        super().train(mode)
+        for module in self._frozen:
+            module.eval()
+        return self
+
+    @torch.no_grad()
+    def image_prefix(self, pixels: torch.Tensor) -> torch.Tensor:
+        """RGB in [0, 1] (B, 3, H, W) -> hidden state after the locked image stages."""
+        tower = self.online.image_tower
+        x = (pixels - self.pixel_mean.to(pixels.dtype)) / self.pixel_std.to(pixels.dtype)
+        return tower.run_stages(tower.embed(x), 0, self.image_locked)
+
+    @torch.no_grad()
+    def text_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, L) -> hidden states (B, L, W) after the locked text stages."""
+        tower = self.online.text_tower
+        return tower.run_stages(tower.embed(input_ids), 0, self.text_locked, attention_mask)
 
     def temperature(self) -> torch.Tensor:
         """τ, clamped in place to [temp_min, temp_max] first (as ALBEF)."""
@@ -119,21 +166,35 @@ class DualEncoder(nn.Module):
             self.temp.clamp_(self.cfg.temp_min, self.cfg.temp_max)
         return self.temp
 
-    def encode_image(self, pixels: torch.Tensor, momentum: bool = False) -> Encoded:
-        """RGB in [0, 1] (B, 3, H, W) -> Encoded."""
-        x = (pixels - self.pixel_mean.to(pixels.dtype)) / self.pixel_std.to(pixels.dtype)  # (B, 3, H, W)
-        if momentum:
-            with torch.no_grad():
-                return self.momentum.encode_image(x)
-        return self.online.encode_image(x)
+    def encode_image(self, pixels: torch.Tensor, momentum: bool = False, prefixed: bool = False) -> Encoded:
+        """RGB in [0, 1] (B, 3, H, W) -> Encoded; `prefixed`: the input is `image_prefix`'s output."""
+        h = pixels if prefixed else self._image_start(pixels)
+        towers = self.momentum if momentum else self.online
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not momentum):
+            return towers.encode_image(h, self.image_locked)
 
     def encode_text(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, momentum: bool = False
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        momentum: bool = False,
+        prefixed: bool = False,
     ) -> Encoded:
-        if momentum:
-            with torch.no_grad():
-                return self.momentum.encode_text(input_ids, attention_mask)
-        return self.online.encode_text(input_ids, attention_mask)
+        """Token ids (B, L) -> Encoded; `prefixed`: `input_ids` is `text_prefix`'s output."""
+        h = input_ids if prefixed else self._text_start(input_ids, attention_mask)
+        towers = self.momentum if momentum else self.online
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not momentum):
+            return towers.encode_text(h, attention_mask, self.text_locked)
+
+    def _image_start(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.image_locked:
+            return self.image_prefix(pixels)
+        return (pixels - self.pixel_mean.to(pixels.dtype)) / self.pixel_std.to(pixels.dtype)
+
+    def _text_start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.text_locked:
+            return self.text_prefix(input_ids, attention_mask)
+        return input_ids
 
     def code_scores(self, embedding: torch.Tensor) -> torch.Tensor:
         """Cosine of each embedding to each code, (B, d) -> (B, K)."""
@@ -141,17 +202,21 @@ class DualEncoder(nn.Module):
 
     def step_features(
         self,
-        view1: torch.Tensor,  # (B, 3, H, W)
-        view2: torch.Tensor,  # (B, 3, H, W)
-        input_ids: torch.Tensor,  # (B, L)
+        view1: torch.Tensor,  # (B, 3, H, W) pixels, or image prefix states when `prefixed`
+        view2: torch.Tensor,  # (B, 3, H, W) likewise
+        input_ids: torch.Tensor,  # (B, L) token ids, or text prefix states (B, L, W) when `prefixed`
         attention_mask: torch.Tensor,  # (B, L)
         ids: torch.Tensor,  # (B,)
+        prefixed: bool = False,
     ) -> StepFeatures:
         """Online features of view 1 and the text; momentum features of view 2 and the text."""
-        image = self.encode_image(view1)
-        text = self.encode_text(input_ids, attention_mask)
-        image_m = self.encode_image(view2, momentum=True)
-        text_m = self.encode_text(input_ids, attention_mask, momentum=True)
+        if not prefixed:  # compute each locked prefix once, for the online and momentum towers
+            view1, view2 = self._image_start(view1), self._image_start(view2)
+            input_ids = self._text_start(input_ids, attention_mask)
+        image = self.encode_image(view1, prefixed=True)
+        text = self.encode_text(input_ids, attention_mask, prefixed=True)
+        image_m = self.encode_image(view2, momentum=True, prefixed=True)
+        text_m = self.encode_text(input_ids, attention_mask, momentum=True, prefixed=True)
         return StepFeatures(
             image=image.global_,
             text=text.global_,

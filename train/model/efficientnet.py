@@ -119,20 +119,44 @@ class EfficientNetLite0(nn.Module):
         self._bn1 = nn.BatchNorm2d(HEAD_CHANNELS, eps=BN_EPS, momentum=BN_MOMENTUM)
         self._fc = nn.Linear(HEAD_CHANNELS, 1000) if classifier else None
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised NCHW pixels (B, 3, H, W) -> final feature map (B, 1280, H/32, W/32)."""
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        n = len(self._blocks)
-        for i, block in enumerate(self._blocks):
-            x = block(x, self.drop_path * i / n)
-        return F.relu6(self._bn1(self._conv_head(x)))
+    # Staged interface (train.model.tower): stem | 16 MBConv blocks + head conv | pooling.
+    @property
+    def num_stages(self) -> int:
+        return len(self._blocks) + 1
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        fmap = self.feature_map(x)  # (B, C, h, w)
+    def embed(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised NCHW pixels (B, 3, H, W) -> stem output (B, 32, H/2, W/2)."""
+        return F.relu6(self._bn0(self._conv_stem(x)))
+
+    def run_stages(
+        self, h: torch.Tensor, start: int, stop: int, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        n = len(self._blocks)
+        for i in range(start, stop):
+            if i < n:
+                h = self._blocks[i](h, self.drop_path * i / n)
+            else:
+                h = F.relu6(self._bn1(self._conv_head(h)))  # (B, 1280, h, w)
+        return h
+
+    def finish(
+        self, fmap: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pooled = fmap.mean(dim=(2, 3))  # (B, C)
         local = self.regions(fmap.flatten(2).transpose(1, 2))  # (B, 16, C)
-        mask = torch.ones(local.shape[:2], dtype=torch.bool, device=x.device)  # (B, 16)
-        return pooled, local, mask
+        keep = torch.ones(local.shape[:2], dtype=torch.bool, device=fmap.device)  # (B, 16)
+        return pooled, local, keep
+
+    def stage_groups(self) -> list[list[nn.Module | nn.Parameter]]:
+        """[embed, stage 1 .. stage n, finish] — what freezing k stages locks (tower.py)."""
+        return [[self._conv_stem, self._bn0], *[[b] for b in self._blocks], [self._conv_head, self._bn1], []]
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised NCHW pixels (B, 3, H, W) -> final feature map (B, 1280, H/32, W/32)."""
+        return self.run_stages(self.embed(x), 0, self.num_stages)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.finish(self.feature_map(x))
 
     def classify(self, pooled: torch.Tensor) -> torch.Tensor:
         """ImageNet logits (B, 1000) from pooled features; needs `classifier=True`."""

@@ -15,12 +15,13 @@ from train.model.layers import l2_normalize
 
 
 class ProjectionHead(nn.Module):
-    def __init__(self, width: int, dim: int) -> None:
+    def __init__(self, width: int, dim: int, dropout: float = 0.0) -> None:
         super().__init__()
+        self.dropout = nn.Dropout(dropout)
         self.proj = nn.Linear(width, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return l2_normalize(self.proj(x))  # (..., d)
+        return l2_normalize(self.proj(self.dropout(x)))  # (..., d)
 
 
 class Codebook(nn.Module):

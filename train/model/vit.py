@@ -97,16 +97,37 @@ class VisionTransformer(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.apply(_init_weights)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # Staged interface (train.model.tower): patch/pos embedding | blocks | final norm + pooling.
+    @property
+    def num_stages(self) -> int:
+        return len(self.blocks)
+
+    def embed(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         tokens = self.patch_embed(x)  # (B, N, W)
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)  # (B, 1, W)
-        h = torch.cat([cls, tokens], dim=1) + self.pos_embed  # (B, 1+N, W)
-        for block in self.blocks:
+        return torch.cat([cls, tokens], dim=1) + self.pos_embed  # (B, 1+N, W)
+
+    def run_stages(
+        self, h: torch.Tensor, start: int, stop: int, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        for block in self.blocks[start:stop]:
             h = block(h)
+        return h
+
+    def finish(
+        self, h: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h = self.norm(h)
         local = self.regions(h[:, 1:])  # (B, R, W)
-        mask = torch.ones(local.shape[:2], dtype=torch.bool, device=x.device)  # (B, R)
-        return h[:, 0], local, mask
+        keep = torch.ones(local.shape[:2], dtype=torch.bool, device=h.device)  # (B, R)
+        return h[:, 0], local, keep
+
+    def stage_groups(self) -> list[list[nn.Module | nn.Parameter]]:
+        """[embed, block 1 .. block n, finish] — what freezing k stages locks (tower.py)."""
+        return [[self.patch_embed, self.cls_token, self.pos_embed], *[[b] for b in self.blocks], [self.norm]]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.finish(self.run_stages(self.embed(x), 0, self.num_stages))
 
     def load_pretrained(self, path: str) -> None:
         """Loads a timm/DeiT-layout checkpoint; classifier heads are dropped, the rest is strict."""

@@ -1,0 +1,155 @@
+"""The loop: schedule, exact resume, self-describing checkpoints, locked prefixes with a feature
+cache, and `torchrun`-style DDP on 2 gloo processes equal to one process on the global batch."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from train.checkpoint import load_model
+from train.config import TrainConfig, load_train_config
+from train.loop import Trainer, lr_factor, train
+
+SMALL = [
+    "data.shapes_train_images=48",
+    "data.shapes_val_images=16",
+    "data.workers=0",
+    "data.vocab_size=200",
+    "model.image.width=32",
+    "model.image.depth=1",
+    "model.image.image_size=32",
+    "model.text.width=32",
+    "model.text.depth=1",
+    "model.text.intermediate=64",
+    "model.embed_dim=16",
+    "model.codebook_size=8",
+    "model.queue_size=32",
+    "optim.batch_size=8",
+    "optim.max_steps=6",
+    "optim.warmup_steps=2",
+    "run.log_every_steps=1",
+    "run.eval_every_steps=3",
+    "run.progress=false",
+]
+
+
+def small(*extra: str) -> TrainConfig:
+    return load_train_config("tiny-shapes", [*SMALL, *extra])
+
+
+def losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if r["type"] == "train"}
+
+
+def test_lr_warms_up_then_decays_to_the_floor() -> None:
+    f = [lr_factor(s, 100, 10, 0.1) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(f[9:]))
+    assert lr_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
+
+
+def test_resumed_run_repeats_the_uninterrupted_one(tmp_path: Path) -> None:
+    straight = tmp_path / "straight"
+    train(small(), straight)
+    resumed = tmp_path / "resumed"
+    train(small("run.stop_after_steps=4"), resumed)  # stops between evaluations
+    assert max(losses(resumed)) == 4
+    train(small(), resumed, resume=resumed / "last.pt")
+    want, got = losses(straight), losses(resumed)
+    assert sorted(got) == list(range(1, 7))
+    for step in range(1, 7):
+        assert abs(got[step] - want[step]) < 1e-6, step
+    a = torch.load(straight / "last.pt", weights_only=True)["model"]
+    b = torch.load(resumed / "last.pt", weights_only=True)["model"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
+def test_checkpoint_describes_itself(tmp_path: Path) -> None:
+    metrics = train(small("optim.max_steps=3"), tmp_path)
+    ckpt = torch.load(tmp_path / "best.pt", weights_only=True)  # no pickle needed
+    assert ckpt["format"] == "tessera.checkpoint/1" and ckpt["step"] == 3
+    assert (
+        ckpt["config"]["model"]["text"]["vocab_size"]
+        == json.loads(ckpt["tokenizer"])["model"]["vocab"].__len__()
+    )
+    assert ckpt["config"]["objective"]["preset"] == "tessera" and "tessera-embed" in ckpt["code_version"]
+    assert set(metrics) >= {"i2t_r1", "t2i_r10", "rsum"} and ckpt["metrics"] == metrics
+    model, _ = load_model(tmp_path / "best.pt")
+    pixels = torch.rand(2, 3, 32, 32)
+    assert model.encode_image(pixels).global_.shape == (2, 16)
+
+
+def test_locked_prefix_trains_only_the_rest_from_a_cache(tmp_path: Path) -> None:
+    cfg = small(
+        "model.image.depth=2", "model.text.depth=2", "lock.image_stages=1", "lock.text_stages=1",
+        "lock.cache=true", "lock.cache_views=2", "optim.max_steps=2",
+    )  # fmt: skip
+    trainer = Trainer(cfg, tmp_path)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.run()
+    after = trainer.model.state_dict()
+    assert list((tmp_path / "cache").glob("*.pt")), "the cache was not written"
+    frozen = ["online.image_tower.patch_embed.proj.weight", "online.image_tower.blocks.0.attn.qkv.weight"]
+    frozen += [
+        "online.text_tower.embeddings.word_embeddings.weight",
+        "online.text_tower.encoder.layer.0.output.dense.weight",
+    ]
+    for name in frozen:
+        assert torch.equal(before[name], after[name]), name
+    trained = ["online.image_tower.blocks.1.attn.qkv.weight", "online.image_tower.norm.weight"]
+    trained += ["online.text_tower.encoder.layer.1.output.dense.weight", "online.image_head.proj.weight"]
+    for name in trained:
+        assert not torch.equal(before[name], after[name]), name
+    # a second run with the same data and lock reads the cache instead of recomputing it
+    again = Trainer(cfg, tmp_path)
+    assert again.cache is not None and torch.equal(again.cache.images, trainer.cache.images)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, port: int, out: str, overrides: list[str]) -> None:
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
+    torch.set_num_threads(1)
+    train(small(*overrides), out)
+
+
+def test_torchrun_ddp_equals_one_process_on_the_global_batch(tmp_path: Path) -> None:
+    no_dropout = ["model.text.dropout=0.0", "optim.max_steps=3"]
+    single = tmp_path / "single"
+    train(small(*no_dropout), single)
+    ddp = tmp_path / "ddp"
+    mp.start_processes(
+        _ddp_worker,
+        args=(_free_port(), str(ddp), [*no_dropout, "optim.batch_size=4"]),
+        nprocs=2,
+        start_method="spawn",
+    )
+    want, got = losses(single), losses(ddp)
+    assert sorted(got) == [1, 2, 3]
+    for step in got:
+        assert abs(got[step] - want[step]) < 1e-4, (step, got[step], want[step])
+    a = torch.load(single / "last.pt", weights_only=True)["model"]
+    b = torch.load(ddp / "last.pt", weights_only=True)["model"]
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].is_floating_point())
+    assert worst < 1e-4
+    assert torch.equal(a["queue.ids"], b["queue.ids"])

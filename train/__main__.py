@@ -1,0 +1,55 @@
+"""`python -m train --config CONFIG [--set key=value ...] [--out DIR] [--resume CKPT]`
+
+CONFIG is a file or a name in train/configs/ (tiny-shapes, flickr8k, paper-4m). Under `torchrun`,
+every rank runs this same command; rank 0 writes OUT/metrics.jsonl and the checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from train.config import ConfigError, load_train_config, to_dict
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--config", required=True, help="a TOML file, or a name in train/configs/")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", help="run directory (default: runs/CONFIG-NAME)")
+    parser.add_argument("--resume", help="a checkpoint (e.g. OUT/last.pt) to continue exactly from")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        cfg = load_train_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out or Path("runs") / Path(args.config).stem)
+    if args.resume is None and (out / "last.pt").exists():
+        print(
+            f"error: {out} already holds a run; pass --resume {out / 'last.pt'} or another --out",
+            file=sys.stderr,
+        )
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+
+    from train.loop import train  # torch is imported only once the arguments are good
+
+    metrics = train(cfg, out, args.resume)
+    if metrics and int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"out": str(out), **{k: round(v, 2) for k, v in metrics.items()}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Feature caches for locked tower prefixes: compute the frozen part of each tower once.
+
+With `lock.cache = true`, every training image gets `cache_views` augmented views pushed through
+the locked image stages, and every caption through the locked text stages; both are stored in
+float16 (in memory, and on disk under a key of everything that determines them, so runs that
+differ only in objective or optimiser share one cache). Each step then draws two distinct cached
+views per image: augmentation variety at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from train.config import TrainConfig, to_dict
+from train.data.augment import make_view
+from train.data.datasets import Batch, EpochBatches, PairSource
+from train.data.tokenizer import TextEncoder
+from train.model import DualEncoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FeatureCache:
+    images: torch.Tensor  # (n_images, V, *prefix) float16
+    text: torch.Tensor  # (n_captions, Lmax[, W]) float16 states, or int64 ids when text is not locked
+    text_mask: torch.Tensor  # (n_captions, Lmax) int64
+    pair_image: torch.Tensor  # (n_captions,) image index of each caption (= pair)
+
+
+def cache_key(cfg: TrainConfig, tokenizer_json: str) -> str:
+    """Hash of everything the cached tensors depend on."""
+    parts = {
+        "image": to_dict(cfg.model.image),
+        "text": to_dict(cfg.model.text),
+        "lock": [cfg.lock.image_stages, cfg.lock.text_stages, cfg.lock.cache_views],
+        "data": to_dict(cfg.data),
+        "seed": cfg.run.seed,
+        "tokenizer": hashlib.sha256(tokenizer_json.encode()).hexdigest(),
+        "version": 1,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def build_cache(
+    model: DualEncoder,
+    source: PairSource,
+    text: TextEncoder,
+    cfg: TrainConfig,
+    device: torch.device,
+    path: Path,
+    show_progress: bool,
+) -> FeatureCache:
+    """Loads the cache at `path`, or computes and saves it."""
+    if path.is_file():
+        log.info("feature cache: loading %s", path)
+        return FeatureCache(**torch.load(path, weights_only=True))
+    if model.image_locked == 0:
+        raise ValueError("lock.cache needs lock.image_stages > 0 (nothing to cache otherwise)")
+    model.eval()
+    size, views, batch = model.cfg.image.image_size, cfg.lock.cache_views, 64
+    n = len(source.items)
+    refs = [(i, v) for i in range(n) for v in range(views)]
+    chunks = []
+    bar = tqdm(total=len(refs), desc="cache images", unit="view", disable=not show_progress)
+    for lo in range(0, len(refs), batch):
+        pixels = []
+        for i, v in refs[lo : lo + batch]:
+            rng = random.Random(f"cache/{cfg.run.seed}/{i}/{v}")
+            pixels.append(make_view(cfg.data.augment, source.image(i), size, rng))
+        chunks.append(model.image_prefix(torch.stack(pixels).to(device)).half().cpu())
+        bar.update(len(pixels))
+    bar.close()
+    images = torch.cat(chunks).view(n, views, *chunks[0].shape[1:])
+    captions = [c for _, c in source.pairs]
+    ids, mask = text.encode(captions)
+    if model.text_locked:
+        states = [
+            model.text_prefix(ids[lo : lo + 256].to(device), mask[lo : lo + 256].to(device)).half().cpu()
+            for lo in range(0, len(captions), 256)
+        ]
+        text_tensor = torch.cat(states)
+    else:
+        text_tensor = ids
+    cache = FeatureCache(images, text_tensor, mask, torch.tensor([i for i, _ in source.pairs]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(vars(cache), tmp)
+    tmp.replace(path)
+    log.info("feature cache: wrote %s (%.2f GB)", path, path.stat().st_size / 1e9)
+    return cache
+
+
+def cached_batches(cache: FeatureCache, sampler: EpochBatches, text_is_states: bool) -> Iterator[Batch]:
+    """Batches of prefix states: two distinct cached views per image, the caption's text prefix."""
+    views = cache.images.shape[1]
+    for keys in sampler:
+        index = torch.tensor([k[0] for k in keys])
+        picks = [random.Random(f"{seed}/{epoch}/{i}").sample(range(views), 2) for i, epoch, seed in keys]
+        image = cache.pair_image[index]  # (B,)
+        v1 = cache.images[image, torch.tensor([p[0] for p in picks])].float()  # (B, *prefix)
+        v2 = cache.images[image, torch.tensor([p[1] for p in picks])].float()
+        mask = cache.text_mask[index]  # (B, Lmax)
+        width = int(mask.sum(1).max())
+        text = cache.text[index, :width]
+        yield Batch(v1, v2, text.float() if text_is_states else text, mask[:, :width], image)

@@ -1,0 +1,77 @@
+"""Caption data: the JSONL format, TCL's caption clean-up, and the evaluation split layout.
+
+JSONL, one image per line (paths relative to an image root):
+
+    {"image": "dogs/1.jpg", "caption": "a dog"}                      one caption
+    {"image": "dogs/2.jpg", "captions": ["a dog", "two dogs"], "split": "train"}
+
+Every caption of an image is a training pair carrying the image's id, so captions of one image
+are positives of one another in the queues. Lines without "split" belong to every split asked for
+only if the file has no "split" keys at all (then the caller's train/val split cannot be told
+apart: `load_jsonl` raises).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_PUNCT = re.compile(r"([,.'!?\"()*#:;~])")
+_SPACES = re.compile(r"\s{2,}")
+
+
+def clean_caption(caption: str, max_words: int) -> str:
+    """TCL's `pre_caption`: lowercase, strip punctuation, split - and /, cap the word count."""
+    text = _PUNCT.sub("", caption.lower()).replace("-", " ").replace("/", " ")
+    text = _SPACES.sub(" ", text).strip()
+    words = text.split(" ")
+    return " ".join(words[:max_words])
+
+
+@dataclass(frozen=True)
+class ImageCaptions:
+    image: str  # path relative to the image root (or a shapes index as text)
+    captions: tuple[str, ...]
+
+
+def load_jsonl(path: str | Path, split: str | None, max_words: int) -> list[ImageCaptions]:
+    """The images of `split` (all when None), captions cleaned; bad lines are named."""
+    out: list[ImageCaptions] = []
+    path = Path(path)
+    with path.open() as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                image = row["image"]
+                caps = row["captions"] if "captions" in row else [row["caption"]]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{lineno}: not an image-caption record ({e})") from e
+            if split is not None and row.get("split", split) != split:
+                continue
+            cleaned = tuple(c for c in (clean_caption(str(c), max_words) for c in caps) if c)
+            if cleaned:
+                out.append(ImageCaptions(str(image), cleaned))
+    if not out:
+        raise ValueError(f"{path}: no images in split {split!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class RetrievalSet:
+    """An evaluation split: images, all their captions, and which image each caption belongs to."""
+
+    images: list[str]
+    captions: list[str]
+    caption_image: list[int]  # caption j describes images[caption_image[j]]
+
+
+def retrieval_set(items: list[ImageCaptions]) -> RetrievalSet:
+    captions, owner = [], []
+    for i, item in enumerate(items):
+        captions.extend(item.captions)
+        owner.extend([i] * len(item.captions))
+    return RetrievalSet([it.image for it in items], captions, owner)

@@ -1,0 +1,81 @@
+"""Tokenisation with the `tokenizers` library, from a tokenizer.json — the same file the bundle
+ships, so training and serving split text identically.
+
+- `load_tokenizer("minilm-l6" | PATH)`: an existing BERT WordPiece tokenizer.
+- `train_tokenizer(captions, vocab_size)`: a BERT-style uncased WordPiece vocabulary built from
+  the training captions' most frequent words, for from-scratch text towers.
+- `TextEncoder.encode(texts)`: ids and mask (B, L), truncated to max_len and padded to the
+  longest text of the batch, not to max_len.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+from train.model.pretrained import minilm_l6_dir
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0-4 in a trained vocabulary
+
+
+def load_tokenizer(spec: str) -> Tokenizer:
+    if spec == "minilm-l6":
+        return Tokenizer.from_file(str(minilm_l6_dir() / "tokenizer.json"))
+    return Tokenizer.from_file(spec)
+
+
+def train_tokenizer(captions: Iterable[str], vocab_size: int) -> Tokenizer:
+    """A deterministic BERT-style WordPiece tokenizer: the most frequent whole words (ties broken
+    alphabetically) plus every character seen, as word-initial and `##` continuation pieces.
+
+    (The `tokenizers` WordPiece trainer depends on hash-map order, so its vocabulary changes from
+    one process to the next; a run must tokenise identically on every rank and after a resume.)
+    """
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for caption in captions:
+        counts.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(caption)))
+    chars = sorted({c for word in counts for c in word})
+    pieces = SPECIALS + chars + [f"##{c}" for c in chars]
+    room = max(0, vocab_size - len(pieces))
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1][:room]
+    vocab = {piece: i for i, piece in enumerate(pieces + words)}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
+    tok.decoder = decoders.WordPiece()
+    return tok
+
+
+@dataclass
+class TextEncoder:
+    tokenizer: Tokenizer
+    max_len: int
+
+    def __post_init__(self) -> None:
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.max_len)
+        self.pad_id = self.tokenizer.token_to_id("[PAD]") or 0
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask), both (B, L) int64, L = the longest text (≤ max_len)."""
+        enc = self.tokenizer.encode_batch(texts)
+        width = max(len(e.ids) for e in enc)
+        ids = torch.full((len(enc), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(enc), width), dtype=torch.long)
+        for i, e in enumerate(enc):
+            ids[i, : len(e.ids)] = torch.tensor(e.ids)
+            mask[i, : len(e.ids)] = 1
+        return ids, mask

@@ -1,0 +1,348 @@
+"""The training loop: one process or many (`torchrun`), CPU or CUDA, exact resume.
+
+Map:
+- `train(cfg, out_dir, resume)`: builds data, tokenizer, model and optimiser; runs steps of
+  forward (online + momentum) -> gathered targets -> objective -> backward -> clipped AdamW step
+  -> EMA -> queue update; logs to `metrics.jsonl`; evaluates and writes `last.pt` / `best.pt`.
+- `lr_factor`: linear warm-up then cosine decay, a pure function of the step (exact resume).
+- `param_groups`: AdamW groups — no weight decay on biases, norms, τ and the codebook; tower
+  parameters at `tower_lr_scale` x lr.
+
+Everything random is either a pure function of (seed, epoch, sample) — data order, views — or
+torch's generator, which the checkpoint stores; so a resumed run repeats an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from train.cache import build_cache, cache_key, cached_batches
+from train.checkpoint import load_checkpoint, make_payload, save_checkpoint, set_rng_state
+from train.config import TrainConfig
+from train.data.datasets import Batch, Collate, EpochBatches, PairDataset, PairSource, make_source
+from train.data.tokenizer import TextEncoder, load_tokenizer, train_tokenizer
+from train.evaluate import evaluate_retrieval
+from train.model import DualEncoder
+from train.objectives import AlignmentObjective, gather_targets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_context(device: str) -> Context:
+    """Joins the `torchrun` process group when launched by it (RANK/WORLD_SIZE set)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        return Context(rank, world, torch.device("cuda", local_rank))
+    return Context(rank, world, torch.device("cpu"))
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine to `min_ratio` at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(model: DualEncoder, lr: float, weight_decay: float, tower_scale: float) -> list[dict]:
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        tower = name.startswith(("online.image_tower.", "online.text_tower."))
+        decay = p.ndim >= 2 and not name.startswith("codebook.") and "embeddings" not in name
+        groups.setdefault((tower, decay), []).append(p)
+    return [
+        {
+            "params": ps,
+            "lr": lr * (tower_scale if tower else 1.0),
+            "weight_decay": weight_decay if decay else 0.0,
+        }
+        for (tower, decay), ps in sorted(groups.items())
+    ]
+
+
+def build_text(cfg: TrainConfig, source: PairSource, saved_json: str | None) -> TextEncoder:
+    """The checkpoint's tokenizer on resume; else the configured one (trained when asked)."""
+    from tokenizers import Tokenizer
+
+    if saved_json is not None:
+        tok = Tokenizer.from_str(saved_json)
+    elif cfg.data.tokenizer == "train":
+        tok = train_tokenizer((c for _, c in source.pairs), cfg.data.vocab_size)
+    else:
+        tok = load_tokenizer(cfg.data.tokenizer)
+    return TextEncoder(tok, cfg.model.text.max_len)
+
+
+def validate(cfg: TrainConfig, ctx: Context, n_pairs: int) -> None:
+    global_batch = cfg.optim.batch_size * ctx.world
+    if cfg.model.queue_size % global_batch:
+        raise ValueError(
+            f"model.queue_size {cfg.model.queue_size} is not a multiple of the global batch {global_batch}"
+        )
+    if EpochBatches.per_epoch(n_pairs, cfg.optim.batch_size, ctx.world) == 0:
+        raise ValueError(f"{n_pairs} training pairs make no full global batch of {global_batch}")
+    if cfg.lock.cache and cfg.lock.cache_views < 2:
+        raise ValueError("lock.cache_views must be at least 2 (each step needs two views)")
+
+
+class Trainer:
+    """State of one run; `run()` trains to the end (or to `run.stop_after_steps`)."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: Path, resume: Path | None = None) -> None:
+        self.ctx = setup_context(cfg.run.device)
+        self.out = out_dir
+        ckpt = load_checkpoint(resume) if resume else None
+        if ckpt is not None:
+            cfg = replace(ckpt["config"], run=cfg.run)  # the run's shape is fixed; logging may change
+        torch.manual_seed(cfg.run.seed)
+        self.train_source = make_source(cfg.data, cfg.data.train_split, cfg.model.image.image_size)
+        self.val_source = make_source(cfg.data, cfg.data.val_split, cfg.model.image.image_size)
+        self.text = build_text(cfg, self.train_source, ckpt["tokenizer"] if ckpt else None)
+        if cfg.data.tokenizer == "train":
+            cfg = replace(
+                cfg, model=replace(cfg.model, text=replace(cfg.model.text, vocab_size=self.text.vocab_size))
+            )
+        validate(cfg, self.ctx, len(self.train_source.pairs))
+        model = DualEncoder(cfg.model, load_weights=ckpt is None)
+        cfg = replace(cfg, model=model.cfg)  # resolved shapes: what the checkpoint records
+        self.cfg = cfg
+        model.lock(cfg.lock.image_stages, cfg.lock.text_stages)
+        self.objective = AlignmentObjective(cfg.objective, cfg.model.codebook_temp)
+        if "code" not in self.objective.terms:
+            model.codebook.weight.requires_grad_(False)  # unused: keep DDP's reducer exact
+        self.model = model.to(self.ctx.device)
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(
+            param_groups(model, o.lr, o.weight_decay, o.tower_lr_scale), lr=o.lr, betas=(0.9, o.beta2)
+        )
+        for g in self.optimizer.param_groups:
+            g["base_lr"] = g["lr"]
+        self.steps_per_epoch = EpochBatches.per_epoch(
+            len(self.train_source.pairs), o.batch_size, self.ctx.world
+        )
+        self.total_steps = o.max_steps or math.ceil(o.epochs * self.steps_per_epoch)
+        self.step, self.best_rsum, self.metrics = 0, -1.0, {}
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.step = ckpt["step"]
+            self.metrics = ckpt["metrics"]
+            self.best_rsum = ckpt.get("best_rsum", self.metrics.get("rsum", -1.0))
+            set_rng_state(ckpt["rng"])
+        self.ddp = (
+            DistributedDataParallel(
+                model, device_ids=[self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            )
+            if self.ctx.world > 1
+            else model
+        )
+        self.cache = None
+        if cfg.lock.cache:
+            key = cache_key(cfg, self.text.tokenizer.to_str())
+            cache_dir = Path(cfg.lock.cache_dir) if cfg.lock.cache_dir else out_dir / "cache"
+            self.cache = build_cache(
+                model, self.train_source, self.text, cfg, self.ctx.device, cache_dir / f"{key}.pt",
+                cfg.run.progress and self.ctx.main,
+            )  # fmt: skip
+        self.autocast_dtype = self._autocast_dtype()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        if not self.cfg.run.amp or self.ctx.device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def batches(self, epoch: int, start: int):  # -> Iterator[tuple[Batch, bool]]
+        sampler = EpochBatches(
+            len(self.train_source.pairs), self.cfg.optim.batch_size, epoch, self.cfg.run.seed,
+            self.ctx.rank, self.ctx.world, start,
+        )  # fmt: skip
+        if self.cache is not None:
+            for b in cached_batches(self.cache, sampler, text_is_states=self.model.text_locked > 0):
+                yield b, True
+            return
+        loader = torch.utils.data.DataLoader(
+            PairDataset(self.train_source, self.cfg.data.augment, self.cfg.model.image.image_size),
+            batch_sampler=sampler,
+            collate_fn=Collate(self.text),
+            num_workers=self.cfg.data.workers,
+            persistent_workers=False,
+            pin_memory=self.ctx.device.type == "cuda",
+            # its own generator: creating an iterator must not draw from the global RNG, or a
+            # resumed run (a new iterator mid-epoch) would see different dropout masks
+            generator=torch.Generator().manual_seed(self.cfg.run.seed + epoch),
+        )
+        for b in loader:
+            yield b, False
+
+    def train_step(self, batch: Batch, prefixed: bool) -> dict[str, float]:
+        cfg, model = self.cfg, self.model
+        factor = lr_factor(self.step, self.total_steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["base_lr"] * factor
+        ramp = max(1.0, cfg.run.alpha_ramp_epochs * self.steps_per_epoch)
+        alpha = cfg.objective.alpha * min(1.0, self.step / ramp)
+        b = batch.to(self.ctx.device)
+        with torch.autocast(
+            self.ctx.device.type,
+            self.autocast_dtype or torch.float32,
+            enabled=self.autocast_dtype is not None,
+        ):
+            f = self.ddp(b.view1, b.view2, b.input_ids, b.attention_mask, b.ids, prefixed=prefixed)
+        t = gather_targets(f)
+        out = self.objective(
+            f, t, model.queue.contents(), model.temperature(), model.codebook.vectors(), alpha
+        )
+        self.scaler.scale(out.loss).backward()
+        if cfg.optim.grad_clip_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in self.optimizer.param_groups for p in g["params"]], cfg.optim.grad_clip_norm
+            )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        model.update_momentum()
+        model.queue.enqueue(t.image_m, t.text_m, t.ids)
+        self.step += 1
+        logged = {"loss": out.loss.detach(), **out.terms}
+        if self.ctx.world > 1:  # log the global batch's loss, not this rank's share
+            stacked = torch.stack(list(logged.values()))
+            dist.all_reduce(stacked)
+            logged = dict(zip(logged, stacked / self.ctx.world, strict=True))
+        return {
+            **{k: v.item() for k, v in logged.items()},
+            "lr": cfg.optim.lr * factor,
+            "tau": model.temp.item(),
+            "alpha": alpha,
+        }
+
+    def evaluate(self) -> dict[str, float]:
+        rset = self.val_source.retrieval_set(self.cfg.data.val_max_images)
+        metrics, _ = evaluate_retrieval(self.model, rset, self.val_source.loader, self.text, self.ctx.device)
+        return metrics
+
+    def checkpoint(self, name: str) -> None:
+        payload = make_payload(
+            self.cfg, self.text.tokenizer.to_str(), self.model.state_dict(), self.optimizer.state_dict(),
+            self.step, self.step // self.steps_per_epoch, self.metrics,
+        )  # fmt: skip
+        payload["best_rsum"] = self.best_rsum
+        save_checkpoint(self.out / name, payload)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.ctx.main:
+            with (self.out / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def eval_and_save(self) -> None:
+        if self.ctx.main:
+            t0 = time.perf_counter()
+            self.metrics = self.evaluate()
+            record = {
+                "type": "eval",
+                "step": self.step,
+                "epoch": self.step / self.steps_per_epoch,
+                **self.metrics,
+            }
+            self.log({**record, "eval_s": round(time.perf_counter() - t0, 2)})
+            log.info("eval step %d: %s", self.step, " ".join(f"{k}={v:.2f}" for k, v in self.metrics.items()))
+            if self.metrics["rsum"] > self.best_rsum:
+                self.best_rsum = self.metrics["rsum"]
+                self.checkpoint("best.pt")
+            self.checkpoint("last.pt")
+        if self.ctx.world > 1:
+            dist.barrier()
+
+    def run(self) -> dict[str, float]:
+        """Trains to the end (or `stop_after_steps`); returns the last evaluation's metrics."""
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.ctx.main:
+            (self.out / "tokenizer.json").write_text(self.text.tokenizer.to_str())
+        stop_at = self.total_steps
+        if cfg.run.stop_after_steps:
+            stop_at = min(stop_at, self.step + cfg.run.stop_after_steps)
+        eval_every = cfg.run.eval_every_steps or self.steps_per_epoch
+        bar = tqdm(
+            total=self.total_steps, initial=self.step, desc="train", unit="step",
+            disable=not (cfg.run.progress and self.ctx.main), dynamic_ncols=True,
+        )  # fmt: skip
+        global_batch = cfg.optim.batch_size * self.ctx.world
+        self.model.train()
+        last_eval = self.step
+        while self.step < stop_at:
+            epoch, start = divmod(self.step, self.steps_per_epoch)
+            t0 = time.perf_counter()
+            for batch, prefixed in self.batches(epoch, start):
+                record = self.train_step(batch, prefixed)
+                elapsed, t0 = time.perf_counter() - t0, time.perf_counter()
+                record["samples_per_s"] = global_batch / elapsed
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{record['loss']:.3f}",
+                    lr=f"{record['lr']:.2e}",
+                    sps=f"{record['samples_per_s']:.0f}",
+                )
+                if self.step % cfg.run.log_every_steps == 0 or self.step == 1:
+                    self.log(
+                        {
+                            "type": "train",
+                            "step": self.step,
+                            "epoch": self.step / self.steps_per_epoch,
+                            **record,
+                        }
+                    )
+                if self.step % eval_every == 0 or self.step == self.total_steps:
+                    self.eval_and_save()
+                    last_eval = self.step
+                if self.step >= stop_at:
+                    break
+        bar.close()
+        if last_eval != self.step:  # stopped between evaluations: keep the exact state for --resume
+            if self.ctx.main:
+                self.checkpoint("last.pt")
+            if self.ctx.world > 1:
+                dist.barrier()
+        return self.metrics
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, resume: str | Path | None = None) -> dict[str, float]:
+    """Runs (or resumes) a training run; returns the last evaluation's metrics."""
+    trainer = Trainer(cfg, Path(out_dir), Path(resume) if resume else None)
+    try:
+        return trainer.run()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
