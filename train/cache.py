@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from train.config import TrainConfig, to_dict
 from train.data.augment import make_view
-from train.data.datasets import Batch, EpochBatches, PairSource
+from train.data.datasets import IMAGE_ERRORS, Batch, EpochBatches, PairSource
 from train.data.tokenizer import TextEncoder
 from train.model import DualEncoder
 
@@ -43,7 +44,9 @@ def cache_key(cfg: TrainConfig, tokenizer_json: str) -> str:
         "image": to_dict(cfg.model.image),
         "text": to_dict(cfg.model.text),
         "lock": [cfg.lock.image_stages, cfg.lock.text_stages, cfg.lock.cache_views],
-        "data": to_dict(cfg.data),
+        "data": {
+            k: v for k, v in to_dict(cfg.data).items() if k not in ("workers", "val_split", "val_max_images")
+        },
         "seed": cfg.run.seed,
         "tokenizer": hashlib.sha256(tokenizer_json.encode()).hexdigest(),
         "version": 1,
@@ -68,19 +71,19 @@ def build_cache(
     if model.image_locked == 0:
         raise ValueError("lock.cache needs lock.image_stages > 0 (nothing to cache otherwise)")
     model.eval()
-    size, views, batch = model.cfg.image.image_size, cfg.lock.cache_views, 64
-    n = len(source.items)
-    refs = [(i, v) for i in range(n) for v in range(views)]
+    views = cfg.lock.cache_views
+    loader = torch.utils.data.DataLoader(
+        _CacheViews(source, cfg.data.augment, model.cfg.image.image_size, views, cfg.run.seed),
+        batch_size=64,
+        num_workers=cfg.data.workers,
+    )  # views are decoded and augmented in workers while the main process runs the prefix
     chunks = []
-    bar = tqdm(total=len(refs), desc="cache images", unit="view", disable=not show_progress)
-    for lo in range(0, len(refs), batch):
-        pixels = []
-        for i, v in refs[lo : lo + batch]:
-            rng = random.Random(f"cache/{cfg.run.seed}/{i}/{v}")
-            pixels.append(make_view(cfg.data.augment, source.image(i), size, rng))
-        chunks.append(model.image_prefix(torch.stack(pixels).to(device)).half().cpu())
+    bar = tqdm(total=len(source.items) * views, desc="cache images", unit="view", disable=not show_progress)
+    for pixels in loader:
+        chunks.append(model.image_prefix(pixels.to(device)).half().cpu())
         bar.update(len(pixels))
     bar.close()
+    n = len(source.items)
     images = torch.cat(chunks).view(n, views, *chunks[0].shape[1:])
     captions = [c for _, c in source.pairs]
     ids, mask = text.encode(captions)
@@ -101,12 +104,35 @@ def build_cache(
     return cache
 
 
+class _CacheViews(torch.utils.data.Dataset):
+    """View v of image i, for i in images, v in range(views): a pure function of (seed, i, v)."""
+
+    def __init__(self, source: PairSource, augment: str, size_px: int, views: int, seed: int) -> None:
+        self.source, self.augment, self.size_px, self.views, self.seed = source, augment, size_px, views, seed
+
+    def __len__(self) -> int:
+        return len(self.source.items) * self.views
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        i, v = divmod(k, self.views)
+        rng = random.Random(f"cache/{self.seed}/{i}/{v}")
+        try:
+            image = self.source.image(i)
+        except IMAGE_ERRORS as e:  # cached as a blank view; the warning names the file
+            log.warning("unreadable image %s cached as blank: %s", self.source.items[i].image, e)
+            image = Image.new("RGB", (self.size_px, self.size_px), (128, 128, 128))
+        return make_view(self.augment, image, self.size_px, rng)
+
+
 def cached_batches(cache: FeatureCache, sampler: EpochBatches, text_is_states: bool) -> Iterator[Batch]:
     """Batches of prefix states: two distinct cached views per image, the caption's text prefix."""
     views = cache.images.shape[1]
     for keys in sampler:
         index = torch.tensor([k[0] for k in keys])
-        picks = [random.Random(f"{seed}/{epoch}/{i}").sample(range(views), 2) for i, epoch, seed in keys]
+        picks = [
+            random.Random(f"{seed}/{epoch}/{i}").sample(range(views), 2) if views > 1 else [0, 0]
+            for i, epoch, seed in keys
+        ]  # one cached view (no augmentation): both "views" are that one
         image = cache.pair_image[index]  # (B,)
         v1 = cache.images[image, torch.tensor([p[0] for p in picks])].float()  # (B, *prefix)
         v2 = cache.images[image, torch.tensor([p[1] for p in picks])].float()

@@ -41,55 +41,74 @@ def recall_at_k(similarity: torch.Tensor, caption_image: torch.Tensor) -> dict[s
     return out
 
 
-@torch.no_grad()
-def embed_images(
-    model: DualEncoder, loader: ImageLoader, refs: list[str], batch_size: int, device: torch.device
-) -> torch.Tensor:
-    """(n, d) online image embeddings of the eval view of each image."""
-    size = model.cfg.image.image_size
-    out = []
-    for lo in range(0, len(refs), batch_size):
-        pixels = torch.stack([to_tensor(eval_view(loader(r), size)) for r in refs[lo : lo + batch_size]])
-        out.append(model.encode_image(pixels.to(device)).global_.float().cpu())
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def embed_texts(
-    model: DualEncoder, text: TextEncoder, captions: list[str], batch_size: int, device: torch.device
-) -> torch.Tensor:
-    """(n, d) online text embeddings."""
-    out = []
-    for lo in range(0, len(captions), batch_size):
-        ids, mask = text.encode(captions[lo : lo + batch_size])
-        out.append(model.encode_text(ids.to(device), mask.to(device)).global_.float().cpu())
-    return torch.cat(out)
-
-
 @dataclass
 class RetrievalEmbeddings:
     images: torch.Tensor  # (I, d)
     captions: torch.Tensor  # (C, d)
 
 
-def evaluate_retrieval(
-    model: DualEncoder,
-    rset: RetrievalSet,
-    loader: ImageLoader,
-    text: TextEncoder,
-    device: torch.device,
-    batch_size: int = 128,
-) -> tuple[dict[str, float], RetrievalEmbeddings]:
-    """Recall@1/5/10 both ways and RSUM on a retrieval set (model switched to eval and back)."""
-    was_training = model.training
-    model.eval()
-    try:
-        images = embed_images(model, loader, rset.images, batch_size, device)
-        captions = embed_texts(model, text, rset.captions, batch_size, device)
-    finally:
-        model.train(was_training)
-    metrics = recall_at_k(images @ captions.T, torch.tensor(rset.caption_image))
-    return metrics, RetrievalEmbeddings(images, captions)
+class RetrievalEvaluator:
+    """Recall@1/5/10 both ways and RSUM of a model on one retrieval set.
+
+    The inputs of the set — eval-view pixels and token ids, or, for a model with locked tower
+    prefixes, the prefix states — are prepared on the first call and reused: a locked prefix never
+    changes during training, so periodic evaluation only runs the trainable part.
+    """
+
+    def __init__(
+        self,
+        rset: RetrievalSet,
+        loader: ImageLoader,
+        text: TextEncoder,
+        device: torch.device,
+        batch_size: int = 128,
+    ) -> None:
+        self.rset, self.loader, self.text, self.device, self.batch_size = (
+            rset,
+            loader,
+            text,
+            device,
+            batch_size,
+        )
+        self._images: list[torch.Tensor] | None = None  # per batch: pixels or prefix states
+        self._texts: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per batch: (ids|states, mask)
+
+    @torch.no_grad()
+    def _prepare(self, model: DualEncoder) -> None:
+        size, refs, caps, b = (
+            model.cfg.image.image_size,
+            self.rset.images,
+            self.rset.captions,
+            self.batch_size,
+        )
+        self._images = []
+        for lo in range(0, len(refs), b):
+            pixels = torch.stack([to_tensor(eval_view(self.loader(r), size)) for r in refs[lo : lo + b]])
+            pixels = pixels.to(self.device)
+            self._images.append(model.image_input(pixels))  # normalised pixels, or locked prefix states
+        self._texts = []
+        for lo in range(0, len(caps), b):
+            ids, mask = (t.to(self.device) for t in self.text.encode(caps[lo : lo + b]))
+            self._texts.append((model.text_input(ids, mask), mask))  # token ids, or locked prefix states
+
+    @torch.no_grad()
+    def __call__(self, model: DualEncoder) -> tuple[dict[str, float], RetrievalEmbeddings]:
+        if self._images is None:
+            self._prepare(model)
+        assert self._images is not None and self._texts is not None
+        was_training = model.training
+        model.eval()
+        try:
+            images = torch.cat(
+                [model.encode_image(x, prefixed=True).global_.float().cpu() for x in self._images]
+            )
+            captions = torch.cat(
+                [model.encode_text(h, m, prefixed=True).global_.float().cpu() for h, m in self._texts]
+            )
+        finally:
+            model.train(was_training)
+        metrics = recall_at_k(images @ captions.T, torch.tensor(self.rset.caption_image))
+        return metrics, RetrievalEmbeddings(images, captions)
 
 
 def zero_shot_accuracy(

@@ -33,7 +33,7 @@ from train.checkpoint import load_checkpoint, make_payload, save_checkpoint, set
 from train.config import TrainConfig
 from train.data.datasets import Batch, Collate, EpochBatches, PairDataset, PairSource, make_source
 from train.data.tokenizer import TextEncoder, load_tokenizer, train_tokenizer
-from train.evaluate import evaluate_retrieval
+from train.evaluate import RetrievalEvaluator
 from train.model import DualEncoder
 from train.objectives import AlignmentObjective, gather_targets
 
@@ -112,8 +112,8 @@ def validate(cfg: TrainConfig, ctx: Context, n_pairs: int) -> None:
         )
     if EpochBatches.per_epoch(n_pairs, cfg.optim.batch_size, ctx.world) == 0:
         raise ValueError(f"{n_pairs} training pairs make no full global batch of {global_batch}")
-    if cfg.lock.cache and cfg.lock.cache_views < 2:
-        raise ValueError("lock.cache_views must be at least 2 (each step needs two views)")
+    if cfg.lock.cache and cfg.lock.cache_views < 1:
+        raise ValueError("lock.cache_views must be at least 1")
 
 
 class Trainer:
@@ -167,6 +167,7 @@ class Trainer:
             if self.ctx.world > 1
             else model
         )
+        self.evaluator: RetrievalEvaluator | None = None
         self.cache = None
         if cfg.lock.cache:
             key = cache_key(cfg, self.text.tokenizer.to_str())
@@ -249,8 +250,10 @@ class Trainer:
         }
 
     def evaluate(self) -> dict[str, float]:
-        rset = self.val_source.retrieval_set(self.cfg.data.val_max_images)
-        metrics, _ = evaluate_retrieval(self.model, rset, self.val_source.loader, self.text, self.ctx.device)
+        if self.evaluator is None:
+            rset = self.val_source.retrieval_set(self.cfg.data.val_max_images)
+            self.evaluator = RetrievalEvaluator(rset, self.val_source.loader, self.text, self.ctx.device)
+        metrics, _ = self.evaluator(self.model)
         return metrics
 
     def checkpoint(self, name: str) -> None:

@@ -44,3 +44,26 @@ def test_zero_shot_accuracy() -> None:
     classes = torch.eye(3)
     images = torch.tensor([[0.9, 0.1, 0.0], [0.0, 0.2, 0.8], [0.6, 0.7, 0.0]])
     assert abs(zero_shot_accuracy(images, torch.tensor([0, 2, 0]), classes) - 200 / 3) < 1e-4
+
+
+def test_evaluator_with_locked_prefixes_equals_the_full_forward() -> None:
+    from dataclasses import replace
+
+    from tests.train.tiny import TINY
+    from train.config import DataConfig
+    from train.data.datasets import make_source
+    from train.data.tokenizer import TextEncoder, train_tokenizer
+    from train.evaluate import RetrievalEvaluator
+    from train.model import DualEncoder
+
+    source = make_source(DataConfig(source="shapes", shapes_val_images=12, shapes_captions=2), "dev", 32)
+    rset = source.retrieval_set()
+    text = TextEncoder(train_tokenizer(rset.captions, 64), 40)
+    torch.manual_seed(0)
+    model = DualEncoder(replace(TINY, text=replace(TINY.text, vocab_size=text.vocab_size))).eval()
+    full, full_emb = RetrievalEvaluator(rset, source.loader, text, torch.device("cpu"))(model)
+    model.lock(image_stages=1, text_stages=1)  # the whole (1-stage) towers
+    locked, locked_emb = RetrievalEvaluator(rset, source.loader, text, torch.device("cpu"))(model)
+    assert torch.allclose(full_emb.images, locked_emb.images, atol=1e-6)
+    assert torch.allclose(full_emb.captions, locked_emb.captions, atol=1e-6)
+    assert full == locked

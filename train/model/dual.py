@@ -117,6 +117,8 @@ class DualEncoder(nn.Module):
         self.cfg = cfg
         self.online = Towers(cfg, load_weights)
         self.momentum = momentum_copy(self.online)
+        for head in (self.momentum.image_head, self.momentum.text_head):
+            head.dropout.p = 0.0  # head dropout regularises the student, never the teacher's targets
         self.codebook = Codebook(cfg.codebook_size, cfg.embed_dim)
         self.temp = nn.Parameter(torch.tensor(cfg.temp_init))
         self.queue = PairQueue(cfg.queue_size, cfg.embed_dim)
@@ -168,7 +170,7 @@ class DualEncoder(nn.Module):
 
     def encode_image(self, pixels: torch.Tensor, momentum: bool = False, prefixed: bool = False) -> Encoded:
         """RGB in [0, 1] (B, 3, H, W) -> Encoded; `prefixed`: the input is `image_prefix`'s output."""
-        h = pixels if prefixed else self._image_start(pixels)
+        h = pixels if prefixed else self.image_input(pixels)
         towers = self.momentum if momentum else self.online
         with torch.set_grad_enabled(torch.is_grad_enabled() and not momentum):
             return towers.encode_image(h, self.image_locked)
@@ -181,17 +183,19 @@ class DualEncoder(nn.Module):
         prefixed: bool = False,
     ) -> Encoded:
         """Token ids (B, L) -> Encoded; `prefixed`: `input_ids` is `text_prefix`'s output."""
-        h = input_ids if prefixed else self._text_start(input_ids, attention_mask)
+        h = input_ids if prefixed else self.text_input(input_ids, attention_mask)
         towers = self.momentum if momentum else self.online
         with torch.set_grad_enabled(torch.is_grad_enabled() and not momentum):
             return towers.encode_text(h, attention_mask, self.text_locked)
 
-    def _image_start(self, pixels: torch.Tensor) -> torch.Tensor:
+    def image_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        """What the trainable image stages start from: the locked prefix's states, or normalised pixels."""
         if self.image_locked:
             return self.image_prefix(pixels)
         return (pixels - self.pixel_mean.to(pixels.dtype)) / self.pixel_std.to(pixels.dtype)
 
-    def _text_start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def text_input(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """What the trainable text stages start from: the locked prefix's states, or token ids."""
         if self.text_locked:
             return self.text_prefix(input_ids, attention_mask)
         return input_ids
@@ -211,8 +215,8 @@ class DualEncoder(nn.Module):
     ) -> StepFeatures:
         """Online features of view 1 and the text; momentum features of view 2 and the text."""
         if not prefixed:  # compute each locked prefix once, for the online and momentum towers
-            view1, view2 = self._image_start(view1), self._image_start(view2)
-            input_ids = self._text_start(input_ids, attention_mask)
+            view1, view2 = self.image_input(view1), self.image_input(view2)
+            input_ids = self.text_input(input_ids, attention_mask)
         image = self.encode_image(view1, prefixed=True)
         text = self.encode_text(input_ids, attention_mask, prefixed=True)
         image_m = self.encode_image(view2, momentum=True, prefixed=True)
