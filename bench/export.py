@@ -1,0 +1,159 @@
+"""Benchmark: export wall time, and ONNX Runtime CPU throughput of fp32 vs int8 graphs.
+
+For each model (the tiny shapes model and EfficientNet-lite0 + MiniLM-L6), a checkpoint is made
+(pretrained towers, heads as initialised: throughput and quantisation error do not depend on
+training; pass --checkpoint to use a trained one), exported with --int8 and timed; then the fp32
+and int8 sessions run alternately on the same inputs (images/s, texts/s at batch 1 and 32, medians
+of interleaved repeats) and the cosine between their embeddings is taken.
+
+    python -m bench.export [--repeats 15] [--record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from bench.common import machine, median, record
+from export.parity import SENTENCES, compare
+from export.pipeline import Exporter, ExportOptions
+from runtime.bundle import load_bundle
+from train.checkpoint import make_payload, save_checkpoint
+from train.config import ImageTowerConfig, ModelConfig, TextTowerConfig, TrainConfig, load_train_config
+from train.data.shapes import render, scene
+from train.data.tokenizer import TextEncoder, load_tokenizer
+from train.model import DualEncoder
+
+
+def fresh_checkpoint(name: str, path: Path) -> None:
+    if name == "tiny":  # the tiny-shapes shapes, with the MiniLM vocabulary
+        tiny = load_train_config("tiny-shapes").model
+        cfg = TrainConfig(model=replace(tiny, text=replace(tiny.text, vocab_size=30522)))
+    else:
+        cfg = TrainConfig(
+            model=ModelConfig(
+                image=ImageTowerConfig(kind="efficientnet_lite0", image_size=224, pretrained="package"),
+                text=TextTowerConfig(pretrained="minilm-l6", pooling="mean", max_len=32),
+                codebook_size=256,
+            )
+        )
+    torch.manual_seed(0)
+    model = DualEncoder(cfg.model)
+    cfg = TrainConfig(model=model.cfg)
+    tok = load_tokenizer("minilm-l6").to_str()
+    save_checkpoint(path, make_payload(cfg, tok, model.state_dict(), None, 0, 0, {}))
+
+
+def session(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 0  # all cores
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def throughput(
+    sessions: dict[str, ort.InferenceSession], feed: dict[str, np.ndarray], repeats: int
+) -> dict[str, float]:
+    """items/s per session, medians of interleaved runs (fp32, int8, fp32, ...)."""
+    batch = next(iter(feed.values())).shape[0]
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for s in sessions.values():
+        s.run(None, feed)  # warm-up
+    for _ in range(repeats):
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, feed)
+            times[k].append(time.perf_counter() - t0)
+    return {k: batch / median(v) for k, v in times.items()}
+
+
+def bench_model(name: str, repeats: int, checkpoint: Path | None) -> tuple[list[str], str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = checkpoint or Path(tmp) / "model.pt"
+        if checkpoint is None:
+            fresh_checkpoint(name, ckpt)
+        t0 = time.perf_counter()
+        Exporter(ExportOptions(ckpt, Path(tmp) / "bundle", int8=True, max_batch=32), lambda _: None).run()
+        export_s = time.perf_counter() - t0
+        bundle = load_bundle(Path(tmp) / "bundle")
+        m = bundle.manifest
+        size = m.image.size_px
+        pictures = np.stack([np.asarray(render(scene(1, "bench", i), size)) for i in range(32)]).astype(
+            np.uint8
+        )
+        from tokenizers import Tokenizer
+
+        text = TextEncoder(Tokenizer.from_file(str(bundle.path("tokenizer.json"))), m.text.max_len)
+        texts = (SENTENCES * 7)[:32]
+        rows = []
+        for modality in ("image", "text"):
+            sessions = {
+                p: session(bundle.graph_path(modality if p == "fp32" else f"{modality}_int8"))
+                for p in ("fp32", "int8")
+            }
+            for batch in (1, 32):
+                if modality == "image":
+                    feed = {"pixels": pictures[:batch]}
+                else:
+                    ids, mask = text.encode(texts[:batch])
+                    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+                rate = throughput(sessions, feed, repeats)
+                cos = compare(
+                    sessions["int8"].run(None, feed)[0], sessions["fp32"].run(None, feed)[0]
+                ).min_cosine
+                unit = "images/s" if modality == "image" else "texts/s"
+                rows.append(
+                    f"| {name} | {modality} | {batch} | {rate['fp32']:.1f} | {rate['int8']:.1f} | "
+                    f"{rate['int8'] / rate['fp32']:.2f}x | {cos:.4f} | {unit} |"
+                )
+        mb = {k: bundle.graph_path(k).stat().st_size / 1e6 for k in m.graphs}
+        summary = (
+            f"| {name} | {export_s:.1f} | {mb['image']:.1f} / {mb['image_int8']:.1f} | "
+            f"{mb['text']:.1f} / {mb['text_int8']:.1f} |"
+        )
+        return rows, summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--models", default="tiny,efficientnet-minilm")
+    parser.add_argument("--record", action="store_true")
+    args = parser.parse_args(argv)
+    rows, summaries = [], []
+    for name in args.models.split(","):
+        r, summary = bench_model(name, args.repeats, None)
+        rows += r
+        summaries.append(summary)
+    lines = [
+        f"- Command: `python -m bench.export {' '.join(sys.argv[1:])}`",
+        f"- Machine: {machine()}, ONNX Runtime CPU provider, all cores",
+        f"- Medians of {args.repeats} interleaved runs (fp32, int8, fp32, ...) after a warm-up; "
+        "cosine: min over the batch of int8 vs fp32 embeddings.",
+        "",
+        "| model | graph | batch | fp32 items/s | int8 items/s | int8 / fp32 | min cosine | unit |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+        *rows,
+        "",
+        "| model | export wall time, with int8 and parity (s) | image graph MB fp32 / int8 "
+        "| text graph MB fp32 / int8 |",
+        "|---|---:|---:|---:|",
+        *summaries,
+    ]
+    table = "\n".join(lines)
+    print(table)
+    if args.record:
+        record("export", table)
+
+
+if __name__ == "__main__":
+    main()

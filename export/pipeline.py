@@ -1,0 +1,342 @@
+"""The export pipeline: checkpoint -> verified bundle, written to a temporary directory and renamed
+into place only when every stage has passed.
+
+Stages (each announced by `progress`): load -> onnx (image, text) -> assets (codebook, tokenizer)
+-> parity fp32 (ONNX Runtime CPU vs torch: max |Δ| ≤ 1e-4, min cosine ≥ 0.99999) -> int8 (optional:
+quantise, min cosine ≥ 0.99 vs fp32, Recall@1 change on calibration data) -> tensorrt (optional)
+-> manifest (checksums, fingerprint) -> verify (load it back with `runtime.bundle`) -> publish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from PIL import Image
+
+from export.onnx import EXPORTER, ImageGraph, TextGraph, export_graph, image_specs, text_specs
+from export.parity import Comparison, compare, image_inputs, merge, text_inputs
+from export.quantize import quantize_graph
+from runtime.bundle import (
+    MANIFEST,
+    SCHEMA,
+    GraphSpec,
+    ImageSpec,
+    Manifest,
+    ParityRecord,
+    TextSpec,
+    checksums,
+    fingerprint,
+    load_bundle,
+)
+from train.checkpoint import load_model
+from train.config import to_dict
+from train.data.tokenizer import TextEncoder
+from train.model import DualEncoder
+
+FP32_ATOL, FP32_MIN_COSINE, INT8_MIN_COSINE = 1e-4, 0.99999, 0.99
+
+
+class ExportError(RuntimeError):
+    """A stage failed; nothing is left at the destination."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    checkpoint: Path
+    out: Path
+    opset: int = 17
+    max_batch: int = 32
+    int8: bool = False
+    tensorrt: bool = False
+    fp16: bool = True
+    calibration: Path | None = None  # a JSONL of captioned images (its "dev" split, else all)
+    force: bool = False
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _torch_image(model: DualEncoder, pixels: np.ndarray) -> list[np.ndarray]:
+    with torch.no_grad():
+        emb, scores = ImageGraph(model)(torch.from_numpy(pixels))
+    return [emb.numpy(), scores.numpy()]
+
+
+def _torch_text(model: DualEncoder, ids: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
+    with torch.no_grad():
+        emb, scores = TextGraph(model)(torch.from_numpy(ids), torch.from_numpy(mask))
+    return [emb.numpy(), scores.numpy()]
+
+
+def _compare_runs(cases: list[tuple[str, list[np.ndarray], list[np.ndarray]]]) -> tuple[Comparison, str]:
+    """Merged comparison of (description, got, want) over both outputs of every case."""
+    parts = [compare(g, w) for _, got, want in cases for g, w in zip(got, want, strict=True)]
+    return merge(parts), "; ".join(d for d, _, _ in cases)
+
+
+class Exporter:
+    def __init__(self, opts: ExportOptions, progress: Callable[[str], None]) -> None:
+        self.opts, self.progress = opts, progress
+        self.parity: list[ParityRecord] = []
+        self.graphs: dict[str, GraphSpec] = {}
+        self.calibration_note: dict[str, Any] = {}
+
+    def run(self) -> Path:
+        o = self.opts
+        if o.out.exists() and not o.force:
+            raise ExportError(f"{o.out} exists; pass --force to replace it")
+        o.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{o.out.name}.", dir=o.out.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is an ordinary directory
+        try:
+            self.build(tmp)
+            self.publish(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return o.out
+
+    def build(self, tmp: Path) -> None:
+        o = self.opts
+        self.progress(f"load     {o.checkpoint}")
+        model, ckpt = load_model(o.checkpoint)
+        model.float().eval()
+        text = TextEncoder(_tokenizer(ckpt["tokenizer"]), model.cfg.text.max_len)
+        self.stage_onnx(model, text, tmp)
+        self.stage_assets(model, ckpt["tokenizer"], tmp)
+        self.stage_parity(model, text, tmp)
+        if o.int8:
+            self.stage_int8(model, text, tmp)
+        manifest = replace(self.manifest(model, ckpt, text, tmp), fingerprint=fingerprint(checksums(tmp)))
+        if o.tensorrt:
+            from export.engines import build_engines  # tensorrt is imported lazily, there
+
+            manifest = build_engines(manifest, tmp, o, self.progress)
+        self.progress("manifest checksums and fingerprint")
+        files = checksums(tmp)
+        assert fingerprint(files) == manifest.fingerprint  # engines were keyed by it
+        manifest = replace(manifest, files=files)
+        (tmp / MANIFEST).write_text(manifest.to_json())
+        self.progress("verify   reload with runtime.bundle")
+        load_bundle(tmp)
+
+    def stage_onnx(self, model: DualEncoder, text: TextEncoder, tmp: Path) -> None:
+        o = self.opts
+        s = model.cfg.image.image_size
+        self.progress(f"onnx     image encoder (opset {o.opset})")
+        inputs, outputs = image_specs(model)
+        export_graph(ImageGraph(model), (torch.zeros(2, s, s, 3, dtype=torch.uint8),), inputs, outputs,
+                     tmp / "image_encoder.onnx", o.opset)  # fmt: skip
+        self.graphs["image"] = GraphSpec("image_encoder.onnx", "fp32", inputs, outputs)
+        self.progress(f"onnx     text encoder (opset {o.opset})")
+        inputs, outputs = text_specs(model)
+        ids, mask = text.encode(["an example caption", "a longer example caption of some words"])
+        export_graph(TextGraph(model), (ids, mask), inputs, outputs, tmp / "text_encoder.onnx", o.opset)
+        self.graphs["text"] = GraphSpec("text_encoder.onnx", "fp32", inputs, outputs)
+
+    def stage_assets(self, model: DualEncoder, tokenizer_json: str, tmp: Path) -> None:
+        self.progress("assets   codebook.npy, tokenizer.json")
+        np.save(tmp / "codebook.npy", model.codebook.vectors().detach().float().numpy().astype(np.float32))
+        (tmp / "tokenizer.json").write_text(tokenizer_json)
+
+    def _image_cases(self, model: DualEncoder, session: Any, reference: Callable) -> list:
+        real = _calibration_images(self.opts.calibration, self.opts.max_batch, model.cfg.image.image_size)
+        cases = []
+        for what, pixels in image_inputs(model.cfg.image.image_size, self.opts.max_batch, real):
+            cases.append((what, session.run(None, {"pixels": pixels}), reference(pixels)))
+        return cases
+
+    def _text_cases(self, model: DualEncoder, text: TextEncoder, session: Any, reference: Callable) -> list:
+        cases = []
+        for what, ids, mask in text_inputs(text, model.cfg.text.vocab_size, self.opts.max_batch):
+            cases.append(
+                (what, session.run(None, {"input_ids": ids, "attention_mask": mask}), reference(ids, mask))
+            )
+        return cases
+
+    def stage_parity(self, model: DualEncoder, text: TextEncoder, tmp: Path) -> None:
+        backend = f"onnxruntime-cpu {ort.__version__}"
+        image_session, text_session = (
+            _session(tmp / "image_encoder.onnx"),
+            _session(tmp / "text_encoder.onnx"),
+        )
+        for key, cases in (
+            ("image", self._image_cases(model, image_session, lambda p: _torch_image(model, p))),
+            ("text", self._text_cases(model, text, text_session, lambda i, m: _torch_text(model, i, m))),
+        ):  # fmt: skip
+            result, what = _compare_runs(cases)
+            ok = result.passes(FP32_ATOL, FP32_MIN_COSINE)
+            self.parity.append(ParityRecord(key, backend, "torch fp32", what, result.n, result.max_abs_diff,
+                                            result.min_cosine, ok))  # fmt: skip
+            self.progress(
+                f"parity   {key} fp32: max |Δ| {result.max_abs_diff:.2e}, min cosine {result.min_cosine:.7f}"
+            )
+            if not ok:
+                raise ExportError(
+                    f"{key} encoder parity failed: ONNX Runtime vs torch max |Δ| {result.max_abs_diff:.3g} "
+                    f"(limit {FP32_ATOL}), min cosine {result.min_cosine:.7f} (limit {FP32_MIN_COSINE})"
+                )
+
+    def stage_int8(self, model: DualEncoder, text: TextEncoder, tmp: Path) -> None:
+        backend = f"onnxruntime-cpu {ort.__version__}"
+        for key, name in (("image", "image_encoder"), ("text", "text_encoder")):
+            self.progress(f"int8     quantise {name}")
+            quantize_graph(tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx")
+            spec = self.graphs[key]
+            self.graphs[f"{key}_int8"] = GraphSpec(f"{name}.int8.onnx", "int8", spec.inputs, spec.outputs)
+            fp32, int8 = _session(tmp / f"{name}.onnx"), _session(tmp / f"{name}.int8.onnx")
+            if key == "image":
+                cases = self._image_cases(model, int8, lambda p, s=fp32: s.run(None, {"pixels": p}))
+            else:
+                cases = self._text_cases(
+                    model, text, int8, lambda i, m, s=fp32: s.run(None, {"input_ids": i, "attention_mask": m})
+                )
+            result, what = _compare_runs([(d, g[:1], w[:1]) for d, g, w in cases])  # embeddings
+            ok = result.passes(None, INT8_MIN_COSINE)
+            self.parity.append(ParityRecord(f"{key}_int8", backend, "onnxruntime fp32", what, result.n,
+                                            result.max_abs_diff, result.min_cosine, ok))  # fmt: skip
+            self.progress(f"parity   {key} int8 vs fp32: min cosine {result.min_cosine:.5f}")
+            if not ok:
+                raise ExportError(
+                    f"{key} int8 graph: min cosine {result.min_cosine:.4f} to fp32 < {INT8_MIN_COSINE}"
+                )
+        if self.opts.calibration is not None:
+            self.calibration_note = _recall_change(tmp, text, model, self.opts)
+            self.progress(f"int8     Recall@1 change on calibration data: {self.calibration_note}")
+
+    def manifest(self, model: DualEncoder, ckpt: dict, text: TextEncoder, tmp: Path) -> Manifest:
+        cfg, tok = model.cfg, text.tokenizer
+        assert cfg.image.mean is not None and cfg.image.std is not None
+        sha = hashlib.sha256(Path(self.opts.checkpoint).read_bytes()).hexdigest()
+        return Manifest(
+            schema=SCHEMA,
+            fingerprint="",
+            embed_dim=cfg.embed_dim,
+            codebook_size=cfg.codebook_size,
+            codebook_temp=cfg.codebook_temp,
+            max_batch=self.opts.max_batch,
+            image=ImageSpec(
+                cfg.image.image_size, "bicubic", "NHWC", "RGB", list(cfg.image.mean), list(cfg.image.std)
+            ),
+            text=TextSpec(
+                "tokenizer.json",
+                cfg.text.max_len,
+                _lowercases(tok),
+                text.pad_id,
+                tok.token_to_id("[CLS]") or 0,
+                tok.token_to_id("[SEP]") or 0,
+            ),
+            graphs=dict(self.graphs),
+            codebook="codebook.npy",
+            files={},
+            provenance={
+                "checkpoint": Path(self.opts.checkpoint).name,
+                "checkpoint_sha256": sha,
+                "checkpoint_step": ckpt.get("step"),
+                "checkpoint_metrics": ckpt.get("metrics"),
+                "code_version": ckpt.get("code_version"),
+                "training_config": to_dict(ckpt["config"]),
+                "exporter": EXPORTER,
+                "opset": self.opts.opset,
+                "versions": {
+                    "tessera-embed": _version("tessera-embed"),
+                    "torch": torch.__version__,
+                    "onnx": _version("onnx"),
+                    "onnxruntime": ort.__version__,
+                },
+                "int8_calibration": self.calibration_note,
+            },
+            parity=list(self.parity),
+        )
+
+    def publish(self, tmp: Path) -> None:
+        out = self.opts.out
+        self.progress(f"publish  {out}")
+        if out.exists():  # --force: swap, then remove the old bundle
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+
+
+def _tokenizer(json_text: str):  # -> tokenizers.Tokenizer
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(json_text)
+
+
+def _lowercases(tok: Any) -> bool:
+    normalizer = tok.normalizer
+    return normalizer is not None and normalizer.normalize_str("A") == "a"
+
+
+def _calibration_images(path: Path | None, n: int, size_px: int) -> list[Image.Image] | None:
+    if path is None:
+        return None
+    items = _calibration_items(path)
+    root = path.parent / "images"
+    return [Image.open(root / it.image).convert("RGB") for it in items[:n]]
+
+
+def _calibration_items(path: Path) -> list:
+    from train.data.captions import load_jsonl
+
+    try:
+        return load_jsonl(path, "dev", 30)
+    except ValueError:
+        return load_jsonl(path, None, 30)
+
+
+def _recall_change(tmp: Path, text: TextEncoder, model: DualEncoder, opts: ExportOptions) -> dict[str, float]:
+    """Recall@1 (both ways) of the fp32 and int8 graphs on up to 500 calibration images."""
+    from train.data.augment import eval_view
+    from train.data.captions import retrieval_set
+    from train.evaluate import recall_at_k
+
+    assert opts.calibration is not None
+    rset = retrieval_set(_calibration_items(opts.calibration)[:500])
+    root, size = opts.calibration.parent / "images", model.cfg.image.image_size
+    out: dict[str, float] = {}
+    for suffix in ("", ".int8"):
+        img_s, txt_s = (
+            _session(tmp / f"image_encoder{suffix}.onnx"),
+            _session(tmp / f"text_encoder{suffix}.onnx"),
+        )
+        images = [np.asarray(eval_view(Image.open(root / r), size), dtype=np.uint8) for r in rset.images]
+        img = np.concatenate(
+            [img_s.run(None, {"pixels": np.stack(images[i : i + 32])})[0] for i in range(0, len(images), 32)]
+        )
+        caps = []
+        for i in range(0, len(rset.captions), 64):
+            ids, mask = text.encode(rset.captions[i : i + 64])
+            caps.append(txt_s.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0])
+        m = recall_at_k(torch.from_numpy(img @ np.concatenate(caps).T), torch.tensor(rset.caption_image))
+        tag = "int8" if suffix else "fp32"
+        out[f"{tag}_i2t_r1"], out[f"{tag}_t2i_r1"] = m["i2t_r1"], m["t2i_r1"]
+    out["delta_i2t_r1"] = out["int8_i2t_r1"] - out["fp32_i2t_r1"]
+    out["delta_t2i_r1"] = out["int8_t2i_r1"] - out["fp32_t2i_r1"]
+    out["n_images"] = float(len(rset.images))
+    return out

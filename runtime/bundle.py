@@ -1,0 +1,205 @@
+"""The bundle contract (DESIGN.md §4): what `export` writes and `runtime` serves. No torch here.
+
+    BUNDLE/manifest.json         schema "tessera.bundle/1": everything below, described
+    BUNDLE/image_encoder.onnx    uint8 NHWC RGB [B, S, S, 3] -> embedding [B, d], code_scores [B, K]
+    BUNDLE/text_encoder.onnx     input_ids, attention_mask int64 [B, L] -> embedding, code_scores
+    BUNDLE/*.int8.onnx           optional dynamically quantised graphs (CPU)
+    BUNDLE/tokenizer.json        the training tokenizer (`tokenizers`)
+    BUNDLE/codebook.npy          K x d float32, rows L2-normalised
+    BUNDLE/engines/*.plan        optional TensorRT plans, keyed in the manifest
+
+The manifest pins the sha256 of every file; `load_bundle` verifies them all and refuses a bundle
+with any changed byte, naming the file. The model fingerprint is a sha256 over the fp32 graphs,
+codebook and tokenizer, so any two bundles of the same model agree on it and vectors from another
+model can be refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import BundleError
+
+SCHEMA = "tessera.bundle/1"
+MANIFEST = "manifest.json"
+FINGERPRINT_PARTS = ("image_encoder.onnx", "text_encoder.onnx", "codebook.npy", "tokenizer.json")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # "uint8" | "int64" | "float32"
+    shape: list[Any]  # ints, or names of dynamic axes ("batch", "sequence")
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    file: str
+    precision: str  # "fp32" | "int8"
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    size_px: int  # square side the graph takes
+    resize: str  # how to bring an image to size_px: "bicubic" squash (no crop), as in training
+    layout: str  # "NHWC"
+    channels: str  # "RGB"
+    mean: list[float]  # applied inside the graph to RGB in [0, 1]
+    std: list[float]
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    tokenizer: str  # file name in the bundle
+    max_len: int  # tokens, [CLS] and [SEP] included; longer texts are truncated
+    lowercase: bool
+    pad_id: int
+    cls_id: int
+    sep_id: int
+
+
+@dataclass(frozen=True)
+class ParityRecord:
+    graph: str  # key in Manifest.graphs
+    backend: str  # e.g. "onnxruntime-cpu 1.32.0"
+    reference: str  # "torch fp32" | "onnxruntime fp32"
+    inputs: str  # what was compared
+    n: int  # items compared
+    max_abs_diff: float
+    min_cosine: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    file: str  # engines/....plan
+    graph: str  # key in Manifest.graphs it was built from
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    precision: str  # "fp16" | "fp32"
+    profile: dict[str, list[list[int]]]  # input -> [min, opt, max] shapes
+
+
+@dataclass(frozen=True)
+class Manifest:
+    schema: str
+    fingerprint: str
+    embed_dim: int
+    codebook_size: int
+    codebook_temp: float
+    max_batch: int
+    image: ImageSpec
+    text: TextSpec
+    graphs: dict[str, GraphSpec]
+    codebook: str
+    files: dict[str, str]  # relative path -> sha256 (every file but the manifest)
+    provenance: dict[str, Any]  # checkpoint sha256, training config, exporter and library versions, opset
+    parity: list[ParityRecord] = field(default_factory=list)
+    engines: list[EngineRecord] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        try:
+            return cls(
+                schema=data["schema"],
+                fingerprint=data["fingerprint"],
+                embed_dim=int(data["embed_dim"]),
+                codebook_size=int(data["codebook_size"]),
+                codebook_temp=float(data["codebook_temp"]),
+                max_batch=int(data["max_batch"]),
+                image=ImageSpec(**data["image"]),
+                text=TextSpec(**data["text"]),
+                graphs={
+                    k: GraphSpec(
+                        file=g["file"],
+                        precision=g["precision"],
+                        inputs=[TensorSpec(**t) for t in g["inputs"]],
+                        outputs=[TensorSpec(**t) for t in g["outputs"]],
+                    )
+                    for k, g in data["graphs"].items()
+                },
+                codebook=data["codebook"],
+                files=dict(data["files"]),
+                provenance=dict(data["provenance"]),
+                parity=[ParityRecord(**p) for p in data.get("parity", [])],
+                engines=[EngineRecord(**e) for e in data.get("engines", [])],
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"manifest is malformed: {e!r}") from e
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(files: dict[str, str]) -> str:
+    """sha256 over the fp32 graphs, codebook and tokenizer digests, in a fixed order."""
+    h = hashlib.sha256()
+    for name in FINGERPRINT_PARTS:
+        h.update(name.encode() + b"\0" + files[name].encode() + b"\n")
+    return h.hexdigest()
+
+
+def checksums(root: Path) -> dict[str, str]:
+    """sha256 of every file under root except the manifest, by relative POSIX path."""
+    return {
+        p.relative_to(root).as_posix(): sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    manifest: Manifest
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def graph_path(self, key: str) -> Path:
+        try:
+            return self.root / self.manifest.graphs[key].file
+        except KeyError as e:
+            have = ", ".join(sorted(self.manifest.graphs))
+            raise BundleError(f"bundle {self.root} has no graph {key!r} (it has: {have})") from e
+
+
+def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
+    """Reads and checks a bundle: schema, every file present, every checksum, the fingerprint."""
+    root = Path(root)
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{root} is not a bundle: no {MANIFEST}")
+    try:
+        data = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise BundleError(f"{manifest_path}: unreadable manifest: {e}") from e
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        found = data.get("schema") if isinstance(data, dict) else None
+        raise BundleError(f"{manifest_path}: schema {found!r} is not {SCHEMA!r}")
+    manifest = Manifest.from_dict(data)
+    if verify:
+        for name, want in manifest.files.items():
+            path = root / name
+            if not path.is_file():
+                raise BundleError(f"bundle {root}: {name} is missing")
+            if sha256_file(path) != want:
+                raise BundleError(f"bundle {root}: {name} does not match its sha256 (changed or corrupt)")
+        if fingerprint(manifest.files) != manifest.fingerprint:
+            raise BundleError(f"bundle {root}: the model fingerprint does not match its files")
+    return Bundle(root, manifest)
