@@ -52,3 +52,11 @@ def record(name: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     DOC.write_text(text)
+
+
+def publish(name: str, lines: list[str], record_it: bool) -> None:
+    """Prints a benchmark's table and, when asked, records it in docs/benchmarks.md."""
+    table = "\n".join(lines)
+    print(table)
+    if record_it:
+        record(name, table)

@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from bench.common import machine, median, record
+from bench.common import machine, median, publish
 from export.parity import SENTENCES, compare
 from export.pipeline import Exporter, ExportOptions
 from runtime.bundle import load_bundle
@@ -149,10 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---:|---:|---:|",
         *summaries,
     ]
-    table = "\n".join(lines)
-    print(table)
-    if args.record:
-        record("export", table)
+    publish("export", lines, args.record)
 
 
 if __name__ == "__main__":

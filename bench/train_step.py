@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.common import machine, median, record
+from bench.common import machine, median, publish
 from train.config import ImageTowerConfig, ModelConfig, ObjectiveConfig, TextTowerConfig
 from train.model import DualEncoder
 from train.objectives import AlignmentObjective, gather_targets
@@ -103,10 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         rate = args.batch / r.fwd_bwd_s
         lines.append(f"| {r.name} | {r.params_m:.1f} | {r.fwd_bwd_s:.3f} | {r.update_s:.3f} | {rate:.1f} |")
-    table = "\n".join(lines)
-    print(table)
-    if args.record:
-        record("train_step", table)
+    publish("train_step", lines, args.record)
 
 
 if __name__ == "__main__":

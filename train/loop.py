@@ -246,7 +246,7 @@ class Trainer:
             **{k: v.item() for k, v in logged.items()},
             "lr": cfg.optim.lr * factor,
             "tau": model.temp.item(),
-            "alpha": alpha,
+            "alpha": self.objective.alpha(alpha),  # what the objective used (itc: 0)
         }
 
     def evaluate(self) -> dict[str, float]:

@@ -222,3 +222,26 @@ def test_tensorrt_engines_hold_fp16_and_match_onnxruntime(checkpoint: Path, tmp_
     assert all(e.precision == "fp16" and (out / e.file).is_file() for e in m.engines)
     trt_parity = [p for p in m.parity if "_trt_" in p.graph]
     assert len(trt_parity) == 2 and all(p.passed and p.min_cosine >= 0.999 for p in trt_parity)
+
+
+def test_int8_recall_change_is_reported_on_calibration_data(checkpoint: Path, tmp_path: Path) -> None:
+    from train.data.shapes import captions, render, scene
+
+    data = tmp_path / "calibration"
+    (data / "images").mkdir(parents=True)
+    rows = []
+    for i in range(12):
+        shapes = scene(5, "calibration", i)
+        render(shapes, 64).save(data / "images" / f"{i}.png")
+        rows.append(
+            json.dumps({"image": f"{i}.png", "captions": captions(shapes, 2, str(i)), "split": "dev"})
+        )
+    (data / "captions.jsonl").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "bundle"
+    opts = ExportOptions(checkpoint, out, max_batch=4, int8=True, calibration=data / "captions.jsonl")
+    Exporter(opts, lambda _: None).run()
+    note = load_bundle(out).manifest.provenance["int8_calibration"]
+    assert note["n_images"] == 12
+    for way in ("i2t", "t2i"):
+        assert note[f"delta_{way}_r1"] == pytest.approx(note[f"int8_{way}_r1"] - note[f"fp32_{way}_r1"])
+        assert 0 <= note[f"fp32_{way}_r1"] <= 100

@@ -153,3 +153,24 @@ def test_torchrun_ddp_equals_one_process_on_the_global_batch(tmp_path: Path) -> 
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].is_floating_point())
     assert worst < 1e-4
     assert torch.equal(a["queue.ids"], b["queue.ids"])
+
+
+def test_cli_names_bad_configs_and_refuses_to_overwrite_a_run(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "train", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+        )
+
+    bad = cli("--config", "tiny-shapes", "--set", "model.embed_dimm=3", "--out", str(tmp_path / "a"))
+    assert bad.returncode == 2 and "unknown config key(s) model.embed_dimm" in bad.stderr
+    missing = cli("--config", "no-such-config", "--out", str(tmp_path / "b"))
+    assert missing.returncode == 2 and "tiny-shapes" in missing.stderr  # lists the known configs
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "last.pt").write_bytes(b"")
+    taken = cli("--config", "tiny-shapes", "--out", str(tmp_path / "c"))
+    assert taken.returncode == 2 and "already holds a run; pass --resume" in taken.stderr
