@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -171,11 +172,20 @@ class Trainer:
         self.cache = None
         if cfg.lock.cache:
             key = cache_key(cfg, self.text.tokenizer.to_str())
-            cache_dir = Path(cfg.lock.cache_dir) if cfg.lock.cache_dir else out_dir / "cache"
+            path = (Path(cfg.lock.cache_dir) if cfg.lock.cache_dir else out_dir / "cache") / f"{key}.pt"
+            if not self.ctx.main:  # rank 0 computes the cache (a path all ranks share); the rest load it
+                dist.barrier()
             self.cache = build_cache(
-                model, self.train_source, self.text, cfg, self.ctx.device, cache_dir / f"{key}.pt",
+                model,
+                self.train_source,
+                self.text,
+                cfg,
+                self.ctx.device,
+                path,
                 cfg.run.progress and self.ctx.main,
-            )  # fmt: skip
+            )
+            if self.ctx.main and self.ctx.world > 1:
+                dist.barrier()
         self.autocast_dtype = self._autocast_dtype()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
 
@@ -184,7 +194,8 @@ class Trainer:
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
-    def batches(self, epoch: int, start: int):  # -> Iterator[tuple[Batch, bool]]
+    def batches(self, epoch: int, start: int) -> Iterator[tuple[Batch, bool]]:
+        """This rank's batches of one epoch from `start`, and whether they hold prefix states."""
         sampler = EpochBatches(
             len(self.train_source.pairs), self.cfg.optim.batch_size, epoch, self.cfg.run.seed,
             self.ctx.rank, self.ctx.world, start,
