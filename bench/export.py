@@ -1,12 +1,13 @@
 """Benchmark: export wall time, and ONNX Runtime CPU throughput of fp32 vs int8 graphs.
 
-For each model (the tiny shapes model and EfficientNet-lite0 + MiniLM-L6), a checkpoint is made
-(pretrained towers, heads as initialised: throughput and quantisation error do not depend on
-training; pass --checkpoint to use a trained one), exported with --int8 and timed; then the fp32
-and int8 sessions run alternately on the same inputs (images/s, texts/s at batch 1 and 32, medians
-of interleaved repeats) and the cosine between their embeddings is taken.
+For each model — the tiny shapes model and EfficientNet-lite0 + MiniLM-L6 — a trained checkpoint
+(`--tiny`, `--edge`; defaults: the runs of `python -m train --config tiny-shapes` and
+`--config flickr8k`) is exported with --int8 and timed; where a checkpoint is missing, one is made
+from the config (pretrained towers, untrained heads). Then the fp32 and int8 sessions run
+alternately on the same inputs (images/s, texts/s at batch 1 and 32, medians of interleaved
+repeats) and the cosine between their embeddings is taken.
 
-    python -m bench.export [--repeats 15] [--record]
+    python -m bench.export [--tiny runs/tiny-shapes/best.pt] [--edge runs/f8k-tessera/best.pt] [--record]
 """
 
 from __future__ import annotations
@@ -126,17 +127,19 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--models", default="tiny,efficientnet-minilm")
+    parser.add_argument("--tiny", type=Path, default=Path("runs/tiny-shapes/best.pt"))
+    parser.add_argument("--edge", type=Path, default=Path("runs/f8k-tessera/best.pt"))
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args(argv)
     rows, summaries = [], []
-    for name in args.models.split(","):
-        r, summary = bench_model(name, args.repeats, None)
+    for name, ckpt in (("tiny", args.tiny), ("efficientnet-minilm", args.edge)):
+        r, summary = bench_model(name, args.repeats, ckpt if ckpt.is_file() else None)
         rows += r
         summaries.append(summary)
     lines = [
         f"- Command: `python -m bench.export {' '.join(sys.argv[1:])}`",
         f"- Machine: {machine()}, ONNX Runtime CPU provider, all cores",
+        f"- Checkpoints: tiny `{args.tiny}`, efficientnet-minilm `{args.edge}` (docs/results.md)",
         f"- Medians of {args.repeats} interleaved runs (fp32, int8, fp32, ...) after a warm-up; "
         "cosine: min over the batch of int8 vs fp32 embeddings.",
         "",
