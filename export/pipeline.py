@@ -127,7 +127,7 @@ class Exporter:
         self.stage_parity(model, text, tmp)
         if o.int8:
             self.stage_int8(model, text, tmp)
-        manifest = replace(self.manifest(model, ckpt, text, tmp), fingerprint=fingerprint(checksums(tmp)))
+        manifest = replace(self.manifest(model, ckpt, text), fingerprint=fingerprint(checksums(tmp)))
         if o.tensorrt:
             from export.engines import build_engines  # tensorrt is imported lazily, there
 
@@ -160,7 +160,7 @@ class Exporter:
         (tmp / "tokenizer.json").write_text(tokenizer_json)
 
     def _image_cases(self, model: DualEncoder, session: Any, reference: Callable) -> list:
-        real = _calibration_images(self.opts.calibration, self.opts.max_batch, model.cfg.image.image_size)
+        real = _calibration_images(self.opts.calibration, self.opts.max_batch)
         cases = []
         for what, pixels in image_inputs(model.cfg.image.image_size, self.opts.max_batch, real):
             cases.append((what, session.run(None, {"pixels": pixels}), reference(pixels)))
@@ -228,7 +228,7 @@ class Exporter:
             self.calibration_note = _recall_change(tmp, text, model, self.opts)
             self.progress(f"int8     Recall@1 change on calibration data: {self.calibration_note}")
 
-    def manifest(self, model: DualEncoder, ckpt: dict, text: TextEncoder, tmp: Path) -> Manifest:
+    def manifest(self, model: DualEncoder, ckpt: dict, text: TextEncoder) -> Manifest:
         cfg, tok = model.cfg, text.tokenizer
         assert cfg.image.mean is not None and cfg.image.std is not None
         sha = hashlib.sha256(Path(self.opts.checkpoint).read_bytes()).hexdigest()
@@ -297,7 +297,7 @@ def _lowercases(tok: Any) -> bool:
     return normalizer is not None and normalizer.normalize_str("A") == "a"
 
 
-def _calibration_images(path: Path | None, n: int, size_px: int) -> list[Image.Image] | None:
+def _calibration_images(path: Path | None, n: int) -> list[Image.Image] | None:
     if path is None:
         return None
     items = _calibration_items(path)
