@@ -1,5 +1,5 @@
 """The `--tensorrt` export stage: engines for this GPU, parity-checked against ONNX Runtime fp32
-and checked to hold the asked precision; records go into the manifest (see export/tensorrt.py)."""
+and checked to hold the asked precision; records go into the manifest (see runtime/tensorrt.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import numpy as np
 import onnxruntime as ort
 
 from export.parity import compare, image_inputs, merge, text_inputs
-from export.tensorrt import (
+from runtime.bundle import Manifest, ParityRecord
+from runtime.tensorrt import (
+    TensorRTEngine,
     build_engine,
     engine_name,
     engine_precisions,
@@ -20,9 +22,7 @@ from export.tensorrt import (
     gpu_identity,
     import_tensorrt,
     profile_shapes,
-    run_engine,
 )
-from runtime.bundle import Manifest, ParityRecord
 
 TRT_MIN_COSINE = 0.999
 
@@ -61,11 +61,13 @@ def build_engines(manifest: Manifest, tmp: Path, opts: Any, progress: Callable[[
             )
         session = ort.InferenceSession(str(tmp / spec.file), providers=["CPUExecutionProvider"])
         names = [t.name for t in spec.outputs]
+        engine = TensorRTEngine(tmp / file, [t.name for t in spec.inputs], names, precision)
         parts = []
         for feed in feeds[key]:
             want = session.run(None, feed)
-            got = run_engine(tmp / file, feed, names)
+            got = engine.run(feed)
             parts += [compare(g, w) for g, w in zip(got, want, strict=True)]
+        engine.close()
         result = merge(parts)
         ok = result.passes(None, TRT_MIN_COSINE)
         parity.append(ParityRecord(f"{key}_trt_{precision}", f"tensorrt {trt.__version__} on {gpu}",

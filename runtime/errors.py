@@ -1,5 +1,5 @@
-"""The one exception hierarchy of the runtime (DESIGN.md §7.5); the gRPC layer maps each class to
-one status code in one place."""
+"""The one exception hierarchy of the runtime (DESIGN.md §7.5). `runtime.server.status_of` maps
+each class to one gRPC status code, in one place; messages name the offending item."""
 
 from __future__ import annotations
 
@@ -14,3 +14,27 @@ class BundleError(TesseraError):
 
 class MissingDependency(TesseraError, ImportError):
     """An optional dependency is not installed; the message holds the install command."""
+
+
+class InvalidInput(TesseraError):
+    """The caller sent something we cannot serve (INVALID_ARGUMENT)."""
+
+
+class NotFound(TesseraError):
+    """A named thing (a collection) does not exist (NOT_FOUND)."""
+
+
+class Overloaded(TesseraError):
+    """The queue is full: backpressure, retry later (RESOURCE_EXHAUSTED)."""
+
+
+class Expired(TesseraError):
+    """The request's deadline passed before it reached the engine (DEADLINE_EXCEEDED)."""
+
+
+class Unavailable(TesseraError):
+    """Warming up or draining (UNAVAILABLE)."""
+
+
+class EngineFailure(TesseraError):
+    """The engine failed on a batch; only that batch's requests fail (INTERNAL)."""

@@ -1,0 +1,182 @@
+"""`TesseraClient`: the Python client of `tessera.v1.Tessera` (numpy in and out), and its CLI.
+
+from runtime.client import TesseraClient
+with TesseraClient("127.0.0.1:50051") as client:
+    text_vecs = client.embed_texts(["a dog runs on grass"])        # (1, d) float32
+    image_vecs = client.embed_images(["dog.jpg", pixels_hwc_uint8])  # paths, bytes or arrays
+    codes = client.lookup(text_vecs, top_k=3)                         # [[(code id, score)]]
+
+python -m runtime.client --target 127.0.0.1:50051 embed --text "a dog" --image dog.jpg
+python -m runtime.client lookup --text "a dog" --top-k 3
+python -m runtime.client info
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from runtime.proto.tessera.v1 import tessera_pb2 as pb
+from runtime.proto.tessera.v1 import tessera_pb2_grpc as pb_grpc
+
+ImageLike = str | Path | bytes | np.ndarray  # a file, encoded bytes, or (H, W, 3) uint8 RGB pixels
+Codes = list[list[tuple[int, float]]]
+
+
+@dataclass(frozen=True)
+class Embedded:
+    vectors: np.ndarray  # (N, d) float32, L2-normalised
+    codes: Codes  # per item, (code id, cosine), best first; empty unless top_codes > 0
+    fingerprint: str
+    timings: pb.Timings
+
+
+def image_item(image: ImageLike) -> pb.Item:
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"pixels must be (H, W, 3) uint8 RGB, got {image.dtype} {image.shape}")
+        h, w, _ = image.shape
+        return pb.Item(pixels=pb.RawImage(width=w, height=h, rgb=np.ascontiguousarray(image).tobytes()))
+    if isinstance(image, bytes):
+        return pb.Item(image=image)
+    return pb.Item(image=Path(image).read_bytes())
+
+
+def vector_item(vector: np.ndarray, fingerprint: str = "") -> pb.Item:
+    data = np.asarray(vector, dtype="<f4").tobytes()
+    return pb.Item(vector=pb.Vector(data=data, fingerprint=fingerprint))
+
+
+def to_vectors(response: pb.EmbedResponse) -> np.ndarray:
+    if not response.embeddings:
+        return np.zeros((0, response.embed_dim), dtype=np.float32)
+    return np.stack([np.frombuffer(e.vector, dtype="<f4") for e in response.embeddings])  # (N, d)
+
+
+class TesseraClient:
+    def __init__(
+        self, target: str = "127.0.0.1:50051", timeout_s: float = 30.0, max_message_mb: int = 64
+    ) -> None:
+        opts = [("grpc.max_send_message_length", max_message_mb << 20),
+                ("grpc.max_receive_message_length", max_message_mb << 20)]  # fmt: skip
+        self.channel = grpc.insecure_channel(target, options=opts)
+        self.stub = pb_grpc.TesseraStub(self.channel)
+        self.timeout_s = timeout_s
+
+    def __enter__(self) -> TesseraClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Blocks until the health service says SERVING (engines loaded and warm)."""
+        import time
+
+        health = health_pb2_grpc.HealthStub(self.channel)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server not SERVING after {timeout_s} s")
+            time.sleep(0.1)
+
+    def embed(self, items: Sequence[pb.Item], top_codes: int = 0) -> Embedded:
+        response = self.stub.Embed(pb.EmbedRequest(items=items, top_codes=top_codes), timeout=self.timeout_s)
+        codes = [[(c.id, c.score) for c in e.codes] for e in response.embeddings]
+        return Embedded(to_vectors(response), codes, response.fingerprint, response.timings)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.embed([pb.Item(text=t) for t in texts]).vectors
+
+    def embed_images(self, images: Sequence[ImageLike]) -> np.ndarray:
+        return self.embed([image_item(i) for i in images]).vectors
+
+    def embed_stream(self, batches: Iterator[Sequence[pb.Item]]) -> Iterator[np.ndarray]:
+        """Bulk: one (n, d) array per batch of items, in order."""
+        requests = (pb.EmbedRequest(items=b, request_id=str(i)) for i, b in enumerate(batches))
+        for response in self.stub.EmbedStream(requests, timeout=None):
+            yield to_vectors(response)
+
+    def lookup(self, queries: Sequence[pb.Item] | np.ndarray, top_k: int = 1, fingerprint: str = "") -> Codes:
+        """Top codes of items (texts, images) or of an (N, d) array of vectors."""
+        if isinstance(queries, np.ndarray):
+            items = [vector_item(v, fingerprint) for v in np.atleast_2d(queries)]
+        else:
+            items = list(queries)
+        response = self.stub.Lookup(pb.LookupRequest(items=items, top_k=top_k), timeout=self.timeout_s)
+        return [[(c.id, c.score) for c in r.codes] for r in response.results]
+
+    def code_vectors(self, code_ids: Sequence[int]) -> np.ndarray:
+        response = self.stub.Lookup(pb.LookupRequest(code_ids=code_ids), timeout=self.timeout_s)
+        return np.stack([np.frombuffer(v, dtype="<f4") for v in response.code_vectors])  # (n, d)
+
+    def info(self) -> pb.InfoResponse:
+        return self.stub.Info(pb.InfoRequest(), timeout=self.timeout_s)
+
+
+# -- CLI --------------------------------------------------------------------------------------------
+
+
+def _items(args: argparse.Namespace) -> tuple[list[str], list[pb.Item]]:
+    names = [f"text {t!r}" for t in args.text] + [f"image {p}" for p in args.image]
+    return names, [pb.Item(text=t) for t in args.text] + [image_item(p) for p in args.image]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m runtime.client", description="Call a Tessera server.")
+    p.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of the server")
+    p.add_argument("--timeout-s", type=float, default=30.0)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("embed", "lookup"):
+        s = sub.add_parser(name, help=f"{name} texts and image files")
+        s.add_argument("--text", action="append", default=[], help="a text (repeatable)")
+        s.add_argument("--image", action="append", default=[], help="an image file (repeatable)")
+        s.add_argument("--top-k", type=int, default=3, help="codes per item")
+        s.add_argument("--json", action="store_true", help="print full vectors as JSON lines")
+    sub.add_parser("info", help="the model, its limits and engines")
+    args = p.parse_args(argv)
+    with TesseraClient(args.target, args.timeout_s) as client:
+        try:
+            if args.command == "info":
+                print(client.info())
+                return 0
+            names, items = _items(args)
+            if not items:
+                p.error("give at least one --text or --image")
+            result = client.embed(items, top_codes=args.top_k)
+            for name, vector, codes in zip(names, result.vectors, result.codes, strict=True):
+                if args.json:
+                    print(json.dumps({"item": name, "vector": vector.tolist(), "codes": codes}))
+                    continue
+                head = " ".join(f"{x:+.3f}" for x in vector[:6])
+                top = ", ".join(f"{c}:{s:.3f}" for c, s in codes)
+                print(f"{name}\n  vector[{len(vector)}] = [{head} …]\n  codes  = {top}")
+            print(f"model {result.fingerprint[:12]}  total {result.timings.total_ms:.1f} ms", file=sys.stderr)
+        except grpc.RpcError as e:
+            print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+            return 1
+        except OSError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Server configuration (DESIGN.md §6 Operations): one frozen dataclass, every field settable by a
+`python -m runtime serve` flag or a `TESSERA_<FIELD>` environment variable (flag wins).
+
+    TESSERA_BUNDLE=/models/f8k TESSERA_PORT=50051 TESSERA_MAX_WAIT_MS=5 python -m runtime serve
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+Backend = Literal["auto", "onnxruntime", "tensorrt"]
+BACKENDS: tuple[str, ...] = ("auto", "onnxruntime", "tensorrt")
+ENV_PREFIX = "TESSERA_"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    bundle: str = ""  # bundle directory (from `python -m export`)
+    host: str = "127.0.0.1"  # bind address; 0.0.0.0 exposes the server beyond this machine
+    port: int = 50051  # gRPC port; 0 picks a free one (logged)
+    backend: str = "auto"  # auto | onnxruntime | tensorrt
+    int8: bool = False  # serve the bundle's int8 graphs (ONNX Runtime on CPU)
+    max_batch_size: int = 32  # items per engine call; ≤ the bundle's max_batch
+    max_wait_ms: float = 5.0  # longest an item waits for its batch to fill
+    max_queue: int = 1024  # items waiting per modality; beyond -> RESOURCE_EXHAUSTED
+    max_items_per_request: int = 256  # beyond -> INVALID_ARGUMENT
+    max_request_bytes: int = 16 << 20  # beyond -> INVALID_ARGUMENT (gRPC itself refuses > 2x)
+    max_image_pixels: int = 40_000_000  # decoded width*height cap (decompression bombs)
+    max_text_chars: int = 8192  # characters per text item
+    max_batch_tokens: int = 0  # text token budget per batch (padded), 0 = max_batch_size * max_len
+    cpu_threads: int = 0  # ONNX Runtime intra-op threads per engine, 0 = its default (all cores)
+    preprocess_threads: int = 4  # image decode / tokenise pool
+    metrics_port: int = -1  # Prometheus /metrics HTTP port; -1 = off, 0 = a free one (logged)
+    drain_s: float = 30.0  # on SIGTERM: how long in-flight requests may take to finish
+    engine_cache: str = ""  # where TensorRT plans built at start go ("" = BUNDLE/../.tessera-engines)
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        for name in ("max_batch_size", "max_queue", "max_items_per_request", "max_request_bytes",
+                     "max_image_pixels", "max_text_chars", "preprocess_threads"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be ≥ 0, got {self.max_wait_ms}")
+
+
+def _parse(kind: Any, raw: str, name: str) -> Any:
+    if kind in (bool, "bool"):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{name}: {raw!r} is not a boolean")
+    if kind in (int, "int"):
+        return int(raw)
+    if kind in (float, "float"):
+        return float(raw)
+    return raw
+
+
+def load_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> ServeConfig:
+    """Defaults <- TESSERA_* environment <- flags (None = not given)."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(ServeConfig):
+        env_name = ENV_PREFIX + f.name.upper()
+        if env_name in environ:
+            try:
+                values[f.name] = _parse(f.type, environ[env_name], env_name)
+            except ValueError as e:
+                raise ValueError(f"{env_name}={environ[env_name]!r}: {e}") from e
+        if flags.get(f.name) is not None:
+            values[f.name] = flags[f.name]
+    return dataclasses.replace(ServeConfig(), **values)

@@ -1,0 +1,185 @@
+"""The model as the server sees it: a bundle's engines behind two batchers (image, text), with
+preprocessing on a thread pool and the codebook in memory. No gRPC here (see runtime/server.py).
+
+    embedder = Embedder(load_bundle(path), cfg); await embedder.start()   # load, warm up
+    out = await embedder.embed([Text("a dog"), EncodedImage(jpeg)], deadline_s)
+    out.embeddings  # (N, d) float32, L2-normalised;  out.code_scores  # (N, K)
+
+Items of one request are preprocessed concurrently (decode, tokenise), then submitted to their
+modality's batcher; a bad item fails the request with InvalidInput naming its index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.batcher import Batcher, Result
+from runtime.bundle import Bundle
+from runtime.config import ServeConfig
+from runtime.engines import Engine, EngineSet, open_engines
+from runtime.errors import InvalidInput
+from runtime.metrics import Metrics
+from runtime.preprocess import ImageDecoder, TextTokenizer
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    data: bytes  # JPEG, PNG or WebP
+
+
+@dataclass(frozen=True)
+class Pixels:
+    width: int
+    height: int
+    rgb: bytes  # (height, width, 3) uint8
+
+
+Content = Text | EncodedImage | Pixels
+Runner = Callable[[list[np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]
+
+
+@dataclass(frozen=True)
+class Embedded:
+    embeddings: np.ndarray  # (N, d) float32
+    code_scores: np.ndarray  # (N, K) float32
+    queue_ms: float  # the slowest item's
+    preprocess_ms: float
+    inference_ms: float
+
+
+class Embedder:
+    def __init__(self, bundle: Bundle, cfg: ServeConfig, metrics: Metrics | None = None) -> None:
+        m = bundle.manifest
+        if cfg.max_batch_size > m.max_batch:
+            raise ValueError(
+                f"max_batch_size {cfg.max_batch_size} is over the bundle's max_batch {m.max_batch} "
+                f"(re-export with --max-batch {cfg.max_batch_size})"
+            )
+        self.bundle, self.cfg = bundle, cfg
+        self.fingerprint, self.embed_dim = m.fingerprint, m.embed_dim
+        self.codebook = np.load(bundle.path(m.codebook)).astype(np.float32)  # (K, d)
+        self.decoder = ImageDecoder(m.image.size_px, cfg.max_image_pixels)
+        self.tokenizer = TextTokenizer(bundle, cfg.max_text_chars)
+        self.pool = ThreadPoolExecutor(max_workers=cfg.preprocess_threads, thread_name_prefix="preprocess")
+        self.metrics = metrics
+        self.engines: EngineSet | None = None
+        self.image: Batcher[np.ndarray, tuple[np.ndarray, np.ndarray]] | None = None
+        self.text: Batcher[np.ndarray, tuple[np.ndarray, np.ndarray]] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Opens the engines and warms each up with the largest batch (blocking; call off the loop)."""
+        engines = open_engines(self.bundle, self.cfg)
+        b, s = self.cfg.max_batch_size, self.bundle.manifest.image.size_px
+        engines.image.run({"pixels": np.zeros((b, s, s, 3), dtype=np.uint8)})
+        ids = np.zeros((b, self.tokenizer.max_len), dtype=np.int64)  # (B, L)
+        engines.text.run({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        self.engines = engines
+
+    def start(self) -> None:
+        """Starts the batchers (on the running loop) once `load` has finished."""
+        assert self.engines is not None, "load() first"
+        cfg = self.cfg
+        kw = dict(max_batch_size=cfg.max_batch_size, max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue)
+        self.image = Batcher("image", _image_runner(self.engines.image), **kw,
+                             observer=self.metrics.observer("image") if self.metrics else None)  # fmt: skip
+        budget = cfg.max_batch_tokens or cfg.max_batch_size * self.tokenizer.max_len
+        self.text = Batcher("text", _text_runner(self.engines.text, self.tokenizer), **kw, cost=len,
+                            max_batch_cost=budget,
+                            observer=self.metrics.observer("text") if self.metrics else None)  # fmt: skip
+        self.image.start()
+        self.text.start()
+
+    async def close(self) -> None:
+        for batcher in (self.image, self.text):
+            if batcher is not None:
+                await batcher.close()
+        self.pool.shutdown(wait=False)
+
+    # -- serving ----------------------------------------------------------------------------------
+
+    async def embed(self, items: list[Content], deadline_s: float | None) -> Embedded:
+        assert self.image is not None and self.text is not None, "start() first"
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        prepared = await asyncio.gather(
+            *(loop.run_in_executor(self.pool, self._prepare, i, item) for i, item in enumerate(items))
+        )
+        preprocess_ms = 1e3 * (time.perf_counter() - t0)
+        texts = [i for i, item in enumerate(items) if isinstance(item, Text)]
+        images = [i for i in range(len(items)) if i not in set(texts)]
+        jobs = []
+        if texts:
+            jobs.append(self.text.submit([prepared[i] for i in texts], deadline_s))
+        if images:
+            jobs.append(self.image.submit([prepared[i] for i in images], deadline_s))
+        outcomes = await asyncio.gather(*jobs)
+        results: list[Result[tuple[np.ndarray, np.ndarray]] | None] = [None] * len(items)
+        for indices, batch in zip([x for x in (texts, images) if x], outcomes, strict=True):
+            for i, r in zip(indices, batch, strict=True):
+                results[i] = r
+        done = [r for r in results if r is not None]
+        return Embedded(
+            embeddings=np.stack([r.value[0] for r in done]),  # (N, d)
+            code_scores=np.stack([r.value[1] for r in done]),  # (N, K)
+            queue_ms=max(r.queue_ms for r in done),
+            preprocess_ms=preprocess_ms,
+            inference_ms=max(r.inference_ms for r in done),
+        )
+
+    def _prepare(self, index: int, item: Content) -> np.ndarray:
+        try:
+            if isinstance(item, Text):
+                return self.tokenizer.encode(item.text)  # (L,) int64
+            if isinstance(item, EncodedImage):
+                return self.decoder.decode(item.data)  # (S, S, 3) uint8
+            return self.decoder.from_pixels(item.width, item.height, item.rgb)  # (S, S, 3) uint8
+        except InvalidInput as e:
+            raise InvalidInput(f"item {index}: {e}") from e
+
+    # -- the codebook -----------------------------------------------------------------------------
+
+    def vector_scores(self, vectors: np.ndarray) -> np.ndarray:
+        """(N, d) vectors -> (N, K) cosine to each code (vectors are L2-normalised first)."""
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)  # (N, 1)
+        return (vectors / np.maximum(norms, 1e-12)) @ self.codebook.T  # (N, K)
+
+    def engine_info(self) -> list[tuple[str, Engine]]:
+        assert self.engines is not None
+        return [("image", self.engines.image), ("text", self.engines.text)]
+
+
+def top_codes(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, K) scores -> (ids (N, k), scores (N, k)), best first."""
+    k = min(k, scores.shape[1])
+    ids = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (N, k)
+    return ids, np.take_along_axis(scores, ids, axis=1)
+
+
+def _image_runner(engine: Engine) -> Runner:
+    def run(pixels: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        emb, scores = engine.run({"pixels": np.stack(pixels)})  # (B, S, S, 3) -> (B, d), (B, K)
+        return list(zip(emb, scores, strict=True))
+
+    return run
+
+
+def _text_runner(engine: Engine, tokenizer: TextTokenizer) -> Runner:
+    def run(rows: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        ids, mask = tokenizer.pad(rows)  # (B, L) each, L = the batch's longest
+        emb, scores = engine.run({"input_ids": ids, "attention_mask": mask})  # (B, d), (B, K)
+        return list(zip(emb, scores, strict=True))
+
+    return run

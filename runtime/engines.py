@@ -1,0 +1,114 @@
+"""Engines (DESIGN.md §6): the one interface the batcher calls, and how one is chosen.
+
+    Engine.run({input name: array}) -> [embedding (B, d), code_scores (B, K)]
+
+- `OnnxRuntimeEngine`: a session over a bundle graph. Providers are chosen by what truly works,
+  not by what `get_available_providers()` lists (onnxruntime-gpu lists CUDA and TensorRT on a
+  machine without a GPU): each candidate is tried by creating the session and reading back the
+  providers it really bound.
+- `runtime.tensorrt.TensorRTEngine`: a native TensorRT plan for this GPU (imported lazily).
+- `open_engines`: the engines of a bundle for a `ServeConfig`'s backend choice.
+
+Engines are called from a worker thread (ONNX Runtime and TensorRT release the GIL), one batch at a
+time per engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from runtime.bundle import Bundle, GraphSpec
+from runtime.config import ServeConfig
+from runtime.errors import MissingDependency
+
+log = logging.getLogger(__name__)
+ORT_HINT = (
+    "ONNX Runtime is not installed: `pip install 'tessera-embed[cpu]'` (or `[gpu]` for onnxruntime-gpu)"
+)
+GPU_PROVIDERS = ("CUDAExecutionProvider",)  # ONNX Runtime's TensorRT EP is left out: use native TensorRT
+
+
+class Engine(Protocol):
+    name: str  # what the Info RPC reports, e.g. "onnxruntime 1.32.0 [CPUExecutionProvider]"
+    precision: str
+    graph: str
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+def import_onnxruntime() -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise MissingDependency(ORT_HINT) from e
+    return ort
+
+
+class OnnxRuntimeEngine:
+    def __init__(self, bundle: Bundle, key: str, use_gpu: bool, cpu_threads: int) -> None:
+        ort = import_onnxruntime()
+        spec: GraphSpec = bundle.manifest.graphs[key]
+        self.graph, self.precision = spec.file, spec.precision
+        self.input_names = [t.name for t in spec.inputs]
+        self.output_names = [t.name for t in spec.outputs]
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if cpu_threads > 0:
+            options.intra_op_num_threads = cpu_threads
+        path = str(bundle.graph_path(key))
+        self.session = None
+        candidates = [p for p in GPU_PROVIDERS if use_gpu and p in ort.get_available_providers()]
+        for provider in candidates:
+            try:
+                session = ort.InferenceSession(path, options, providers=[provider, "CPUExecutionProvider"])
+            except Exception as e:  # a listed provider whose libraries or device are missing
+                log.info("%s: %s unusable (%s)", spec.file, provider, e)
+                continue
+            if session.get_providers()[0] == provider:  # ORT falls back to CPU silently
+                self.session = session
+                break
+            log.info("%s: %s listed but did not bind; falling back", spec.file, provider)
+        if self.session is None:
+            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.providers = self.session.get_providers()
+        self.name = f"onnxruntime {ort.__version__} [{self.providers[0]}]"
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(self.output_names, feeds)
+
+
+@dataclass(frozen=True)
+class EngineSet:
+    image: Engine
+    text: Engine
+
+
+def open_engines(bundle: Bundle, cfg: ServeConfig) -> EngineSet:
+    """The engines for cfg.backend: tensorrt (fails if it cannot), onnxruntime, or auto (TensorRT
+    where it imports and a plan for this GPU can be had, else ONNX Runtime on the best provider)."""
+    if cfg.int8 and cfg.backend == "tensorrt":
+        raise ValueError(
+            "--int8 selects the bundle's int8 ONNX graphs (CPU); it does not combine with tensorrt"
+        )
+    if cfg.backend in ("tensorrt", "auto") and not cfg.int8:
+        from runtime import tensorrt
+
+        if cfg.backend == "tensorrt":
+            tensorrt.import_tensorrt()  # raises MissingDependency with the install hint
+        if cfg.backend == "tensorrt" or tensorrt.available():
+
+            def fallback(key: str) -> Engine:
+                return OnnxRuntimeEngine(bundle, key, True, cfg.cpu_threads)
+
+            image, text = (
+                tensorrt.engine_for(bundle, k, cfg, lambda k=k: fallback(k)) for k in ("image", "text")
+            )
+            return EngineSet(image, text)
+    keys = ("image_int8", "text_int8") if cfg.int8 else ("image", "text")
+    use_gpu = not cfg.int8
+    image, text = (OnnxRuntimeEngine(bundle, k, use_gpu, cfg.cpu_threads) for k in keys)
+    return EngineSet(image, text)

@@ -1,0 +1,92 @@
+"""Prometheus metrics (DESIGN.md §6 Operations), on their own registry, served over HTTP by
+`python -m runtime serve --metrics-port N`:
+
+    tessera_requests_total{method, code}                  RPCs by gRPC status
+    tessera_request_seconds{method}                       RPC latency histogram
+    tessera_batch_size{modality}                          items per engine call (histogram)
+    tessera_batch_padded_tokens{modality}                 padded tokens per text batch (histogram)
+    tessera_inference_seconds{modality}                   engine call time (histogram)
+    tessera_inference_items_total{modality}               items that reached the engine
+    tessera_queue_depth{modality}                         items waiting (gauge)
+    tessera_dropped_items_total{modality, reason}         queue_full | deadline | cancelled
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "tessera_requests", "RPCs by method and status", ["method", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "tessera_request_seconds", "RPC latency", ["method"], buckets=LATENCY_BUCKETS_S, registry=r
+        )
+        self.batch_size = Histogram(
+            "tessera_batch_size", "items per engine call", ["modality"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.padded_tokens = Histogram(
+            "tessera_batch_padded_tokens", "padded tokens per text batch", ["modality"],
+            buckets=(16, 64, 256, 1024, 4096, 16384), registry=r,
+        )  # fmt: skip
+        self.inference = Histogram(
+            "tessera_inference_seconds",
+            "engine call time",
+            ["modality"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.items = Counter(
+            "tessera_inference_items", "items that reached the engine", ["modality"], registry=r
+        )
+        self.depth_gauge = Gauge("tessera_queue_depth", "items waiting for a batch", ["modality"], registry=r)
+        self.dropped_items = Counter(
+            "tessera_dropped_items", "items dropped before inference", ["modality", "reason"], registry=r
+        )
+
+    def observer(self, modality: str) -> BatcherMetrics:
+        return BatcherMetrics(self, modality)
+
+    def serve(self, host: str, port: int) -> int:
+        """Starts the /metrics HTTP server in a thread; returns its port (port 0 picks one)."""
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_port)
+
+
+class BatcherMetrics:
+    """The `runtime.batcher.BatchObserver` of one modality."""
+
+    def __init__(self, metrics: Metrics, modality: str) -> None:
+        self.m, self.modality = metrics, modality
+
+    def batch(self, size: int, padded_cost: int, inference_s: float) -> None:
+        self.m.batch_size.labels(self.modality).observe(size)
+        self.m.inference.labels(self.modality).observe(inference_s)
+        self.m.items.labels(self.modality).inc(size)
+        if self.modality == "text":
+            self.m.padded_tokens.labels(self.modality).observe(padded_cost)
+
+    def dropped(self, reason: str, n: int) -> None:
+        self.m.dropped_items.labels(self.modality, reason).inc(n)
+
+    def depth(self, n: int) -> None:
+        self.m.depth_gauge.labels(self.modality).set(n)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """`name{labels}` -> value from the Prometheus text format (for tests, benchmarks, the demo)."""
+    out: dict[str, Any] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out

@@ -1,0 +1,114 @@
+"""Turning request items into engine inputs (DESIGN.md §6 Preprocessing), with no float work per
+pixel: the image graph takes uint8 NHWC and normalises inside.
+
+- `ImageDecoder`: encoded bytes (JPEG, PNG, WebP) or raw RGB -> uint8 (S, S, 3). The header is read
+  first and a decoded-pixel cap refuses decompression bombs before any pixel is decoded; JPEGs
+  decode at a reduced scale with `draft` (DCT scaling, never below the target size); EXIF
+  orientation applied; RGB; bicubic resize to the manifest's square size, as the training eval
+  view and the export parity inputs do (`train.data.augment.eval_view`).
+- `TextTokenizer`: the training caption clean-up (TCL's `pre_caption` without its word cap; tokens
+  are capped instead), the bundle's tokenizer.json, truncation to the manifest's max length.
+  Items are tokenised one by one; the batcher pads each batch to its longest sequence.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+from tokenizers import Tokenizer
+
+from runtime.bundle import Bundle
+from runtime.errors import InvalidInput
+
+BICUBIC = Image.Resampling.BICUBIC
+FORMATS = ("JPEG", "PNG", "WEBP")
+_PUNCT = re.compile(r"([,.'!?\"()*#:;~])")  # train/data/captions.py, TCL's pre_caption
+_SPACES = re.compile(r"\s{2,}")
+
+
+def clean_text(text: str) -> str:
+    """The training caption clean-up: lowercase, strip punctuation, split - and /."""
+    text = _PUNCT.sub("", text.lower()).replace("-", " ").replace("/", " ")
+    return _SPACES.sub(" ", text).strip()
+
+
+@dataclass(frozen=True)
+class ImageDecoder:
+    size_px: int  # the graph's square input side
+    max_pixels: int  # decoded width * height cap
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """Encoded image -> uint8 (S, S, 3). Raises InvalidInput saying what is wrong."""
+        if not data:
+            raise InvalidInput("image is empty (0 bytes)")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
+            w, h = img.size
+            if w * h > self.max_pixels:
+                raise InvalidInput(f"image of {w}x{h} pixels is over the {self.max_pixels:,}-pixel cap")
+            if img.format == "JPEG":
+                img.draft("RGB", (self.size_px, self.size_px))  # DCT downscale, ≥ the target
+            img = ImageOps.exif_transpose(img)
+            return self._to_array(img)
+        except InvalidInput:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # Pillow's own cap
+            raise InvalidInput(f"image is over the {self.max_pixels:,}-pixel cap ({e})") from e
+        except (OSError, ValueError, SyntaxError) as e:
+            raise InvalidInput(f"image could not be decoded ({len(data)} bytes): {e}") from e
+
+    def from_pixels(self, width: int, height: int, rgb: bytes) -> np.ndarray:
+        """Raw RGB uint8 (height, width, 3) -> uint8 (S, S, 3)."""
+        if width < 1 or height < 1:
+            raise InvalidInput(f"raw pixels of {width}x{height}: both sides must be ≥ 1")
+        if width * height > self.max_pixels:
+            raise InvalidInput(f"raw pixels of {width}x{height} are over the {self.max_pixels:,}-pixel cap")
+        if len(rgb) != width * height * 3:
+            raise InvalidInput(
+                f"raw pixels of {width}x{height} need {width * height * 3} bytes (RGB), got {len(rgb)}"
+            )
+        array = np.frombuffer(rgb, dtype=np.uint8).reshape(height, width, 3)  # (H, W, 3)
+        if width == height == self.size_px:
+            return array
+        return self._to_array(Image.fromarray(array, "RGB"))
+
+    def _to_array(self, img: Image.Image) -> np.ndarray:
+        img = img.convert("RGB")
+        if img.size != (self.size_px, self.size_px):
+            img = img.resize((self.size_px, self.size_px), BICUBIC)
+        return np.asarray(img, dtype=np.uint8)  # (S, S, 3)
+
+
+class TextTokenizer:
+    """The bundle's tokenizer: text -> int64 token ids (≤ max_len, [CLS] and [SEP] included)."""
+
+    def __init__(self, bundle: Bundle, max_chars: int) -> None:
+        spec = bundle.manifest.text
+        self.tokenizer = Tokenizer.from_file(str(bundle.path(spec.tokenizer)))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(spec.max_len)
+        self.max_len = spec.max_len
+        self.pad_id = spec.pad_id
+        self.max_chars = max_chars
+
+    def encode(self, text: str) -> np.ndarray:
+        if len(text) > self.max_chars:
+            raise InvalidInput(f"text of {len(text)} characters is over the {self.max_chars}-character cap")
+        return np.asarray(self.tokenizer.encode(clean_text(text)).ids, dtype=np.int64)  # (L,)
+
+    def pad(self, rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Token rows -> (input_ids, attention_mask), both (B, L) int64, L = the longest row."""
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)  # (B, L)
+        mask = np.zeros((len(rows), width), dtype=np.int64)  # (B, L)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = r
+            mask[i, : len(r)] = 1
+        return ids, mask

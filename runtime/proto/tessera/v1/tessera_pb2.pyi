@@ -1,0 +1,173 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RawImage(_message.Message):
+    __slots__ = ("width", "height", "rgb")
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    RGB_FIELD_NUMBER: _ClassVar[int]
+    width: int
+    height: int
+    rgb: bytes
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., rgb: _Optional[bytes] = ...) -> None: ...
+
+class Vector(_message.Message):
+    __slots__ = ("data", "fingerprint")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    fingerprint: str
+    def __init__(self, data: _Optional[bytes] = ..., fingerprint: _Optional[str] = ...) -> None: ...
+
+class Item(_message.Message):
+    __slots__ = ("text", "image", "pixels", "vector")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    PIXELS_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    image: bytes
+    pixels: RawImage
+    vector: Vector
+    def __init__(self, text: _Optional[str] = ..., image: _Optional[bytes] = ..., pixels: _Optional[_Union[RawImage, _Mapping]] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ...) -> None: ...
+
+class Code(_message.Message):
+    __slots__ = ("id", "score")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    score: float
+    def __init__(self, id: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
+
+class Timings(_message.Message):
+    __slots__ = ("queue_ms", "preprocess_ms", "inference_ms", "total_ms")
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESS_MS_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    queue_ms: float
+    preprocess_ms: float
+    inference_ms: float
+    total_ms: float
+    def __init__(self, queue_ms: _Optional[float] = ..., preprocess_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+
+class EmbedRequest(_message.Message):
+    __slots__ = ("items", "top_codes", "request_id")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    TOP_CODES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Item]
+    top_codes: int
+    request_id: str
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., top_codes: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class Embedding(_message.Message):
+    __slots__ = ("vector", "codes")
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    CODES_FIELD_NUMBER: _ClassVar[int]
+    vector: bytes
+    codes: _containers.RepeatedCompositeFieldContainer[Code]
+    def __init__(self, vector: _Optional[bytes] = ..., codes: _Optional[_Iterable[_Union[Code, _Mapping]]] = ...) -> None: ...
+
+class EmbedResponse(_message.Message):
+    __slots__ = ("fingerprint", "embed_dim", "embeddings", "timings", "request_id")
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    EMBED_DIM_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    fingerprint: str
+    embed_dim: int
+    embeddings: _containers.RepeatedCompositeFieldContainer[Embedding]
+    timings: Timings
+    request_id: str
+    def __init__(self, fingerprint: _Optional[str] = ..., embed_dim: _Optional[int] = ..., embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class LookupRequest(_message.Message):
+    __slots__ = ("items", "top_k", "code_ids")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    CODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Item]
+    top_k: int
+    code_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., top_k: _Optional[int] = ..., code_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class CodeList(_message.Message):
+    __slots__ = ("codes",)
+    CODES_FIELD_NUMBER: _ClassVar[int]
+    codes: _containers.RepeatedCompositeFieldContainer[Code]
+    def __init__(self, codes: _Optional[_Iterable[_Union[Code, _Mapping]]] = ...) -> None: ...
+
+class LookupResponse(_message.Message):
+    __slots__ = ("fingerprint", "results", "code_vectors", "timings")
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    CODE_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    fingerprint: str
+    results: _containers.RepeatedCompositeFieldContainer[CodeList]
+    code_vectors: _containers.RepeatedScalarFieldContainer[bytes]
+    timings: Timings
+    def __init__(self, fingerprint: _Optional[str] = ..., results: _Optional[_Iterable[_Union[CodeList, _Mapping]]] = ..., code_vectors: _Optional[_Iterable[bytes]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
+
+class InfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Limits(_message.Message):
+    __slots__ = ("max_batch_size", "max_wait_ms", "max_queue", "max_items_per_request", "max_request_bytes", "max_image_pixels", "max_text_chars", "max_text_tokens")
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    MAX_ITEMS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUEST_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TEXT_CHARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    max_batch_size: int
+    max_wait_ms: int
+    max_queue: int
+    max_items_per_request: int
+    max_request_bytes: int
+    max_image_pixels: int
+    max_text_chars: int
+    max_text_tokens: int
+    def __init__(self, max_batch_size: _Optional[int] = ..., max_wait_ms: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_items_per_request: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_text_tokens: _Optional[int] = ...) -> None: ...
+
+class EngineInfo(_message.Message):
+    __slots__ = ("modality", "backend", "precision", "graph")
+    MODALITY_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_FIELD_NUMBER: _ClassVar[int]
+    modality: str
+    backend: str
+    precision: str
+    graph: str
+    def __init__(self, modality: _Optional[str] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., graph: _Optional[str] = ...) -> None: ...
+
+class InfoResponse(_message.Message):
+    __slots__ = ("fingerprint", "embed_dim", "codebook_size", "image_size_px", "text_max_tokens", "limits", "engines", "version")
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    EMBED_DIM_FIELD_NUMBER: _ClassVar[int]
+    CODEBOOK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_SIZE_PX_FIELD_NUMBER: _ClassVar[int]
+    TEXT_MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    ENGINES_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    fingerprint: str
+    embed_dim: int
+    codebook_size: int
+    image_size_px: int
+    text_max_tokens: int
+    limits: Limits
+    engines: _containers.RepeatedCompositeFieldContainer[EngineInfo]
+    version: str
+    def __init__(self, fingerprint: _Optional[str] = ..., embed_dim: _Optional[int] = ..., codebook_size: _Optional[int] = ..., image_size_px: _Optional[int] = ..., text_max_tokens: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., engines: _Optional[_Iterable[_Union[EngineInfo, _Mapping]]] = ..., version: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,329 @@
+"""The gRPC transport (DESIGN.md §5): `tessera.v1.Tessera` over grpc.aio, plus the standard health
+service, server reflection, Prometheus metrics and a graceful drain on SIGTERM.
+
+Layers, after text-embeddings-inference: this module turns messages into `runtime.embedder`
+calls and errors into status codes (`status_of`, the one mapping); the embedder owns batching and
+engines. Lifecycle of `serve`: bind -> health NOT_SERVING -> load and warm up the engines with the
+largest batch (off the event loop) -> SERVING -> on SIGTERM or SIGINT: NOT_SERVING, new RPCs get
+UNAVAILABLE, in-flight ones finish within drain_s -> exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from runtime import __version__
+from runtime.bundle import load_bundle
+from runtime.config import ServeConfig
+from runtime.embedder import Content, EncodedImage, Pixels, Text, top_codes
+from runtime.embedder import Embedder as EmbedderImpl
+from runtime.errors import (
+    EngineFailure,
+    Expired,
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    TesseraError,
+    Unavailable,
+)
+from runtime.metrics import Metrics
+from runtime.proto.tessera.v1 import tessera_pb2 as pb
+from runtime.proto.tessera.v1 import tessera_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+SERVICE = "tessera.v1.Tessera"
+STREAM_WINDOW = 8  # EmbedStream requests in flight per stream
+Msg = TypeVar("Msg")
+
+STATUS: list[tuple[type[Exception], grpc.StatusCode]] = [
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Expired, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (EngineFailure, grpc.StatusCode.INTERNAL),
+]
+
+
+def status_of(error: Exception) -> grpc.StatusCode:
+    """The one mapping from runtime errors to gRPC status codes (DESIGN.md §5)."""
+    for kind, code in STATUS:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def rpc(method: Callable[..., Awaitable[Msg]]) -> Callable[..., Awaitable[Msg]]:
+    """Counts and times a unary RPC, and turns a raised error into its status code."""
+
+    @functools.wraps(method)
+    async def handler(self: Servicer, request: Any, context: grpc.aio.ServicerContext) -> Msg:
+        t0, name = time.perf_counter(), method.__name__
+        code = grpc.StatusCode.OK
+        try:
+            return await method(self, request, context)
+        except TesseraError as e:
+            code = status_of(e)
+            await context.abort(code, str(e))
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as e:
+            if isinstance(e, grpc.aio.AbortError):
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            code = grpc.StatusCode.INTERNAL
+            log.exception("%s failed", name)
+            await context.abort(code, f"internal error in {name}: {type(e).__name__}")
+        finally:
+            self.metrics.requests.labels(name, code.name).inc()
+            self.metrics.latency.labels(name).observe(time.perf_counter() - t0)
+        raise AssertionError("unreachable: abort raises")
+
+    return handler
+
+
+class Servicer(pb_grpc.TesseraServicer):
+    def __init__(self, embedder: EmbedderImpl, cfg: ServeConfig, metrics: Metrics) -> None:
+        self.embedder, self.cfg, self.metrics = embedder, cfg, metrics
+        self.ready = False  # engines loaded and warmed
+        self.draining = False
+
+    # -- RPCs -------------------------------------------------------------------------------------
+
+    @rpc
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        return await self._embed(request, context)
+
+    async def EmbedStream(
+        self, request_iterator: AsyncIterator[pb.EmbedRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.EmbedResponse]:
+        """Pipelined: up to STREAM_WINDOW requests are computed while replies go out in order; an
+        error ends the stream with its status, naming the request_id."""
+        window: asyncio.Queue[tuple[str, asyncio.Future[pb.EmbedResponse]] | None] = asyncio.Queue(
+            STREAM_WINDOW
+        )
+
+        async def read() -> None:
+            async for request in request_iterator:
+                await window.put((request.request_id, asyncio.ensure_future(self._embed(request, context))))
+            await window.put(None)
+
+        reader = asyncio.ensure_future(read())
+        t0, code = time.perf_counter(), grpc.StatusCode.OK
+        try:
+            while (entry := await window.get()) is not None:
+                request_id, task = entry
+                try:
+                    yield await task
+                except TesseraError as e:
+                    code = status_of(e)
+                    await context.abort(code, f"request {request_id or '(no request_id)'}: {e}")
+        finally:
+            reader.cancel()
+            while not window.empty():
+                pending = window.get_nowait()
+                if pending is not None:
+                    pending[1].cancel()
+            self.metrics.requests.labels("EmbedStream", code.name).inc()
+            self.metrics.latency.labels("EmbedStream").observe(time.perf_counter() - t0)
+
+    @rpc
+    async def Lookup(self, request: pb.LookupRequest, context: grpc.aio.ServicerContext) -> pb.LookupResponse:
+        t0 = time.perf_counter()
+        self._admit(request, len(request.items) + len(request.code_ids))
+        k = request.top_k or 1
+        if k > self.embedder.codebook.shape[0]:
+            raise InvalidInput(f"top_k {k} is over the codebook size {self.embedder.codebook.shape[0]}")
+        vectors = {
+            i: self._vector(i, it.vector) for i, it in enumerate(request.items) if it.HasField("vector")
+        }
+        content = {i: _content(i, it) for i, it in enumerate(request.items) if not it.HasField("vector")}
+        scores = np.zeros((len(request.items), self.embedder.codebook.shape[0]), dtype=np.float32)  # (N, K)
+        timings = pb.Timings()
+        if content:
+            out = await self.embedder.embed(list(content.values()), _deadline(context))
+            scores[list(content)] = out.code_scores
+            timings = _timings(out)
+        if vectors:
+            scores[list(vectors)] = self.embedder.vector_scores(np.stack(list(vectors.values())))
+        ids, top = top_codes(scores, k)
+        response = pb.LookupResponse(fingerprint=self.embedder.fingerprint, timings=timings)
+        for row_ids, row_scores in zip(ids, top, strict=True):
+            codes = [pb.Code(id=int(c), score=float(s)) for c, s in zip(row_ids, row_scores, strict=True)]
+            response.results.append(pb.CodeList(codes=codes))
+        for code_id in request.code_ids:
+            if code_id >= self.embedder.codebook.shape[0]:
+                raise InvalidInput(
+                    f"code id {code_id} is out of range (K = {self.embedder.codebook.shape[0]})"
+                )
+            response.code_vectors.append(self.embedder.codebook[code_id].astype("<f4").tobytes())
+        response.timings.total_ms = 1e3 * (time.perf_counter() - t0)
+        return response
+
+    @rpc
+    async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
+        cfg, m = self.cfg, self.embedder.bundle.manifest
+        limits = pb.Limits(
+            max_batch_size=cfg.max_batch_size, max_wait_ms=int(cfg.max_wait_ms), max_queue=cfg.max_queue,
+            max_items_per_request=cfg.max_items_per_request, max_request_bytes=cfg.max_request_bytes,
+            max_image_pixels=cfg.max_image_pixels, max_text_chars=cfg.max_text_chars,
+            max_text_tokens=m.text.max_len,
+        )  # fmt: skip
+        engines = []
+        if self.ready:
+            for modality, e in self.embedder.engine_info():
+                engines.append(
+                    pb.EngineInfo(modality=modality, backend=e.name, precision=e.precision, graph=e.graph)
+                )
+        return pb.InfoResponse(
+            fingerprint=m.fingerprint, embed_dim=m.embed_dim, codebook_size=m.codebook_size,
+            image_size_px=m.image.size_px, text_max_tokens=m.text.max_len, limits=limits, engines=engines,
+            version=__version__,
+        )  # fmt: skip
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    async def _embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        t0 = time.perf_counter()
+        self._admit(request, len(request.items))
+        items = [_content(i, item) for i, item in enumerate(request.items)]
+        out = await self.embedder.embed(items, _deadline(context))
+        response = pb.EmbedResponse(
+            fingerprint=self.embedder.fingerprint, embed_dim=self.embedder.embed_dim,
+            timings=_timings(out), request_id=request.request_id,
+        )  # fmt: skip
+        ids, top = top_codes(out.code_scores, request.top_codes) if request.top_codes else (None, None)
+        for i, vector in enumerate(out.embeddings):
+            e = response.embeddings.add(vector=vector.astype("<f4").tobytes())
+            if ids is not None and top is not None:
+                e.codes.extend(
+                    pb.Code(id=int(c), score=float(s)) for c, s in zip(ids[i], top[i], strict=True)
+                )
+        response.timings.total_ms = 1e3 * (time.perf_counter() - t0)
+        return response
+
+    def _admit(self, request: Any, n_items: int) -> None:
+        if self.draining:
+            raise Unavailable("the server is draining; retry on another replica")
+        if not self.ready:
+            raise Unavailable("the server is warming up its engines; retry shortly")
+        if n_items == 0:
+            raise InvalidInput("the request has no items")
+        if n_items > self.cfg.max_items_per_request:
+            raise InvalidInput(
+                f"{n_items} items is over the {self.cfg.max_items_per_request}-item limit per request"
+            )
+        size = request.ByteSize()
+        if size > self.cfg.max_request_bytes:
+            raise InvalidInput(
+                f"request of {size:,} bytes is over the {self.cfg.max_request_bytes:,}-byte limit"
+            )
+
+    def _vector(self, index: int, v: pb.Vector) -> np.ndarray:
+        d = self.embedder.embed_dim
+        if v.fingerprint and v.fingerprint != self.embedder.fingerprint:
+            raise InvalidInput(
+                f"item {index}: vector from model {v.fingerprint[:12]}…, this server serves "
+                f"{self.embedder.fingerprint[:12]}… (re-embed with this model)"
+            )
+        if len(v.data) != 4 * d:
+            raise InvalidInput(
+                f"item {index}: vector of {len(v.data)} bytes; expected {d} float32 values ({4 * d} bytes)"
+            )
+        array = np.frombuffer(v.data, dtype="<f4").astype(np.float32)  # (d,)
+        if not np.isfinite(array).all():
+            raise InvalidInput(f"item {index}: vector holds NaN or infinity")
+        return array
+
+
+def _content(index: int, item: pb.Item) -> Content:
+    kind = item.WhichOneof("content")
+    if kind == "text":
+        return Text(item.text)
+    if kind == "image":
+        return EncodedImage(item.image)
+    if kind == "pixels":
+        return Pixels(item.pixels.width, item.pixels.height, item.pixels.rgb)
+    if kind == "vector":
+        raise InvalidInput(f"item {index}: a vector cannot be embedded (send text, image or pixels)")
+    raise InvalidInput(f"item {index}: empty item (set text, image or pixels)")
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else asyncio.get_running_loop().time() + remaining
+
+
+def _timings(out: Any) -> pb.Timings:
+    return pb.Timings(queue_ms=out.queue_ms, preprocess_ms=out.preprocess_ms, inference_ms=out.inference_ms)
+
+
+# -- lifecycle --------------------------------------------------------------------------------------
+
+
+async def serve(cfg: ServeConfig) -> int:
+    """Runs the server until SIGTERM/SIGINT; returns the exit status."""
+    bundle = load_bundle(cfg.bundle)
+    metrics = Metrics()
+    embedder = EmbedderImpl(bundle, cfg, metrics)
+    servicer = Servicer(embedder, cfg, metrics)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", 2 * cfg.max_request_bytes),
+            ("grpc.max_send_message_length", 64 << 20),
+        ]
+    )
+    pb_grpc.add_TesseraServicer_to_server(servicer, server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    for service in ("", SERVICE):
+        await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.start()
+    log.info(
+        "listening on %s:%d (bundle %s, model %s)",
+        cfg.host,
+        port,
+        bundle.root,
+        bundle.manifest.fingerprint[:12],
+    )
+    if cfg.metrics_port >= 0:
+        log.info("metrics on http://%s:%d/metrics", cfg.host, metrics.serve(cfg.host, cfg.metrics_port))
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    t0 = time.perf_counter()
+    await loop.run_in_executor(None, embedder.load)
+    embedder.start()
+    servicer.ready = True
+    for service in ("", SERVICE):
+        await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+    engines = ", ".join(f"{m}: {e.name} {e.precision}" for m, e in embedder.engine_info())
+    log.info("serving after %.1f s warm-up (%s)", time.perf_counter() - t0, engines)
+
+    await stop.wait()
+    log.info("draining: in-flight requests have %.0f s to finish", cfg.drain_s)
+    servicer.draining = True
+    for service in ("", SERVICE):
+        await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.stop(cfg.drain_s)
+    await embedder.close()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,158 @@
+"""The batching contract (DESIGN.md §6) on a plain-Python engine that records what it was given:
+this is the batcher's own logic; tests/runtime/test_server.py checks it again over ONNX Runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from runtime.batcher import Batcher
+from runtime.errors import EngineFailure, Expired, Overloaded
+
+
+class Recorder:
+    def __init__(self, delay_s: float = 0.0, fail_on: str | None = None) -> None:
+        self.batches: list[list[str]] = []
+        self.delay_s, self.fail_on = delay_s, fail_on
+
+    def __call__(self, items: list[str]) -> list[str]:
+        self.batches.append(list(items))
+        time.sleep(self.delay_s)
+        if self.fail_on in items:
+            raise RuntimeError("engine exploded")
+        return [s.upper() for s in items]
+
+
+def batcher(engine: Recorder, **kw: object) -> Batcher[str, str]:
+    opts: dict = {"max_batch_size": 4, "max_wait_ms": 50, "max_queue": 100} | kw
+    b: Batcher[str, str] = Batcher("text", engine, **opts)
+    b.start()
+    return b
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_a_list_in_gives_the_same_list_out_in_order() -> None:
+    async def go() -> list[str]:
+        b = batcher(Recorder())
+        out = await b.submit(["a", "b", "c", "d", "e", "f"])
+        await b.close()
+        return [r.value for r in out]
+
+    assert run(go()) == ["A", "B", "C", "D", "E", "F"]
+
+
+def test_a_full_batch_is_cut_without_waiting() -> None:
+    engine = Recorder()
+
+    async def go() -> float:
+        b = batcher(engine, max_wait_ms=10_000)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(b.submit([f"x{i}"]) for i in range(8)))
+        took = time.perf_counter() - t0
+        await b.close()
+        return took
+
+    assert run(go()) < 5.0
+    assert [len(x) for x in engine.batches] == [4, 4]
+
+
+def test_a_partial_batch_is_cut_after_max_wait() -> None:
+    engine = Recorder()
+
+    async def go() -> tuple[float, float]:
+        b = batcher(engine, max_batch_size=100, max_wait_ms=200)
+        t0 = time.perf_counter()
+        out = await asyncio.gather(*(b.submit([f"x{i}"]) for i in range(3)))
+        took = time.perf_counter() - t0
+        await b.close()
+        return took, out[0][0].queue_ms
+
+    took, queue_ms = run(go())  # type: ignore[misc]
+    assert engine.batches == [["x0", "x1", "x2"]]
+    assert 0.19 <= took < 2.0 and queue_ms >= 190
+
+
+def test_a_full_queue_refuses_the_whole_request_and_serves_the_rest() -> None:
+    engine = Recorder()
+
+    async def go() -> None:
+        b = batcher(engine, max_queue=3, max_wait_ms=300)
+        held = asyncio.ensure_future(b.submit(["a", "b"]))
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded, match="queue is full"):
+            await b.submit(["c", "d"])
+        assert [r.value for r in await held] == ["A", "B"]
+        await b.close()
+
+    run(go())
+    assert engine.batches == [["a", "b"]]
+
+
+def test_expired_and_cancelled_items_never_reach_the_engine() -> None:
+    engine = Recorder()
+
+    async def go() -> None:
+        b = batcher(engine, max_wait_ms=100)
+        loop = asyncio.get_running_loop()
+        late = asyncio.ensure_future(b.submit(["late"], deadline_s=loop.time() + 0.02))
+        gone = asyncio.ensure_future(b.submit(["gone"]))
+        kept = asyncio.ensure_future(b.submit(["kept"]))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        with pytest.raises(Expired, match="deadline passed"):
+            await late
+        assert [r.value for r in await kept] == ["KEPT"]
+        await b.close()
+
+    run(go())
+    assert engine.batches == [["kept"]]
+
+
+def test_an_engine_error_fails_only_its_batch() -> None:
+    engine = Recorder(fail_on="bad")
+
+    async def go() -> None:
+        b = batcher(engine, max_batch_size=2, max_wait_ms=1000)
+        first = asyncio.ensure_future(b.submit(["bad", "x"]))
+        second = asyncio.ensure_future(b.submit(["y", "z"]))
+        with pytest.raises(EngineFailure, match="engine exploded"):
+            await first
+        assert [r.value for r in await second] == ["Y", "Z"]
+        assert [r.value for r in await b.submit(["after"])] == ["AFTER"]
+        await b.close()
+
+    run(go())
+
+
+def test_text_batches_respect_the_padded_token_budget() -> None:
+    engine = Recorder()
+
+    async def go() -> None:
+        b = batcher(engine, max_batch_size=8, max_wait_ms=50, cost=len, max_batch_cost=10)
+        await asyncio.gather(b.submit(["aaaa", "bbbb", "cccc"]), b.submit(["d"]))
+        await b.close()
+
+    run(go())
+    # 2 x 4 = 8 fits the budget of 10; 3 x 4 = 12 does not; then "cccc" + "d" pad to 2 x 4
+    assert engine.batches == [["aaaa", "bbbb"], ["cccc", "d"]]
+
+
+def test_the_engine_runs_off_the_event_loop() -> None:
+    engine = Recorder(delay_s=0.3)
+
+    async def go() -> int:
+        b = batcher(engine, max_wait_ms=0)
+        job = asyncio.ensure_future(b.submit(["slow"]))
+        ticks = 0
+        while not job.done():
+            await asyncio.sleep(0.01)
+            ticks += 1
+        await b.close()
+        return ticks
+
+    assert run(go()) > 10  # the loop kept turning while the engine worked
