@@ -114,9 +114,7 @@ class Embedder:
         assert self.image is not None and self.text is not None, "start() first"
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        prepared = await asyncio.gather(
-            *(loop.run_in_executor(self.pool, self._prepare, i, item) for i, item in enumerate(items))
-        )
+        prepared = await asyncio.gather(*(self._prepare_async(loop, i, item) for i, item in enumerate(items)))
         preprocess_ms = 1e3 * (time.perf_counter() - t0)
         texts = [i for i, item in enumerate(items) if isinstance(item, Text)]
         images = [i for i in range(len(items)) if i not in set(texts)]
@@ -138,6 +136,13 @@ class Embedder:
             preprocess_ms=preprocess_ms,
             inference_ms=max(r.inference_ms for r in done),
         )
+
+    async def _prepare_async(self, loop: asyncio.AbstractEventLoop, index: int, item: Content) -> np.ndarray:
+        """Cheap items (a text, pixels already at size) inline; decoding and resizing on the pool."""
+        size = self.decoder.size_px
+        if isinstance(item, Text) or (isinstance(item, Pixels) and item.width == item.height == size):
+            return self._prepare(index, item)
+        return await loop.run_in_executor(self.pool, self._prepare, index, item)
 
     def _prepare(self, index: int, item: Content) -> np.ndarray:
         try:

@@ -3,23 +3,12 @@ servers (`python -m runtime serve` subprocesses on 127.0.0.1, ephemeral ports)."
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from runtime.client import TesseraClient
-from tests.conftest import REPO_ROOT
-
-LISTEN = re.compile(r"listening on [\d.]+:(\d+)")
-METRICS = re.compile(r"metrics on http://[\d.]+:(\d+)/metrics")
+from runtime.launch import ServerProcess
 
 
 @pytest.fixture(scope="session")
@@ -36,56 +25,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-class Server:
-    """A `python -m runtime serve` subprocess; its stderr is collected, its ports parsed."""
-
-    def __init__(self, bundle: Path, *flags: str, env: dict[str, str] | None = None) -> None:
-        cmd = [sys.executable, "-m", "runtime", "serve", "--bundle", str(bundle), "--port", "0",
-               "--metrics-port", "0", *flags]  # fmt: skip
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-            env={**os.environ, **(env or {})},
-        )  # fmt: skip
-        self.lines: list[str] = []
-        self.port = self.metrics_port = 0
-        threading.Thread(target=self._read, daemon=True).start()
-        deadline = time.monotonic() + 60
-        while not (self.port and self.metrics_port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("server did not start:\n" + "".join(self.lines))
-            time.sleep(0.02)
-        self.target = f"127.0.0.1:{self.port}"
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            if m := LISTEN.search(line):
-                self.port = int(m.group(1))
-            if m := METRICS.search(line):
-                self.metrics_port = int(m.group(1))
-
-    def client(self, timeout_s: float = 30.0) -> TesseraClient:
-        client = TesseraClient(self.target, timeout_s)
-        client.wait_ready()
-        return client
-
-    def metrics(self) -> dict[str, float]:
-        import urllib.request
-
-        from runtime.metrics import parse_metrics
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            return parse_metrics(r.read().decode())
-
-    def stop(self, timeout_s: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
+Server = ServerProcess
 
 
 @pytest.fixture(scope="module")
