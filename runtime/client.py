@@ -28,6 +28,7 @@ from runtime.proto.tessera.v1 import tessera_pb2 as pb
 from runtime.proto.tessera.v1 import tessera_pb2_grpc as pb_grpc
 
 ImageLike = str | Path | bytes | np.ndarray  # a file, encoded bytes, or (H, W, 3) uint8 RGB pixels
+Query = str | Path | bytes | np.ndarray  # a text (str), an image (path, bytes, pixels) or a 1-D vector
 Codes = list[list[tuple[int, float]]]
 
 
@@ -48,6 +49,15 @@ def image_item(image: ImageLike) -> pb.Item:
     if isinstance(image, bytes):
         return pb.Item(image=image)
     return pb.Item(image=Path(image).read_bytes())
+
+
+def query_item(query: Query, fingerprint: str = "") -> pb.Item:
+    """A text (str), a vector (1-D float array) or an image (path, encoded bytes, (H, W, 3) pixels)."""
+    if isinstance(query, str):
+        return pb.Item(text=query)
+    if isinstance(query, np.ndarray) and query.ndim == 1:
+        return vector_item(query, fingerprint)
+    return image_item(query)
 
 
 def vector_item(vector: np.ndarray, fingerprint: str = "") -> pb.Item:
@@ -130,8 +140,85 @@ class TesseraClient:
     def info(self) -> pb.InfoResponse:
         return self.stub.Info(pb.InfoRequest(), timeout=self.timeout_s)
 
+    # -- collections ------------------------------------------------------------------------------
+
+    def create_collection(self, name: str, backend: str = "builtin") -> pb.CollectionInfo:
+        return self.stub.CreateCollection(
+            pb.CreateCollectionRequest(name=name, backend=backend), timeout=self.timeout_s
+        )
+
+    def list_collections(self) -> list[pb.CollectionInfo]:
+        return list(
+            self.stub.ListCollections(pb.ListCollectionsRequest(), timeout=self.timeout_s).collections
+        )
+
+    def drop_collection(self, name: str) -> None:
+        self.stub.DropCollection(pb.DropCollectionRequest(name=name), timeout=self.timeout_s)
+
+    def upsert(
+        self, collection: str, records: Sequence[tuple[str, Query, dict | None]], fingerprint: str = ""
+    ) -> int:
+        """records: (id, content, payload). Content: a text, an image (path, bytes, pixels) or a vector
+        (a 1-D float array). Durable when this returns."""
+        msgs = [
+            pb.Record(id=i, content=query_item(c, fingerprint), payload_json=json.dumps(p or {}))
+            for i, c, p in records
+        ]
+        reply = self.stub.Upsert(
+            pb.UpsertRequest(collection=collection, records=msgs), timeout=self.timeout_s
+        )
+        return reply.upserted
+
+    def delete(self, collection: str, ids: Sequence[str]) -> int:
+        return self.stub.Delete(
+            pb.DeleteRequest(collection=collection, ids=ids), timeout=self.timeout_s
+        ).deleted
+
+    def search(
+        self, collection: str, query: Query, top_k: int = 10, nprobe: int = 0, fingerprint: str = ""
+    ) -> list[tuple[str, float, dict]]:
+        """(id, cosine, payload) best first; nprobe = 0 searches exactly, else that many codebook lists."""
+        request = pb.SearchRequest(
+            collection=collection, query=query_item(query, fingerprint), top_k=top_k, nprobe=nprobe
+        )
+        reply = self.stub.Search(request, timeout=self.timeout_s)
+        return [(h.id, h.score, json.loads(h.payload_json)) for h in reply.hits]
+
 
 # -- CLI --------------------------------------------------------------------------------------------
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def _collection_command(client: TesseraClient, args: argparse.Namespace) -> int:
+    if args.command == "collections":
+        for c in client.list_collections():
+            print(f"{c.name}\t{c.backend}\t{c.count} records\td={c.dim}\tmodel {c.fingerprint[:12]}")
+    elif args.command == "drop":
+        client.drop_collection(args.collection)
+        print(f"dropped {args.collection}")
+    elif args.command == "index":
+        if args.collection not in {c.name for c in client.list_collections()}:
+            client.create_collection(args.collection, args.backend)
+        files = sorted(f for f in args.folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        done = 0
+        for start in range(0, len(files), args.batch):
+            chunk = files[start : start + args.batch]
+            records = [(f.relative_to(args.folder).as_posix(), f, {"path": str(f)}) for f in chunk]
+            done += client.upsert(args.collection, records)
+            print(f"\rindexed {done}/{len(files)}", end="", file=sys.stderr)
+        print(f"\nindexed {done} images into {args.collection}", file=sys.stderr)
+    else:
+        query: Query | None = (
+            args.text if args.text is not None else (Path(args.image) if args.image else None)
+        )
+        if query is None:
+            raise SystemExit("search needs --text or --image")
+        for rank, (hit_id, score, payload) in enumerate(
+            client.search(args.collection, query, args.top_k, args.nprobe), start=1
+        ):
+            print(f"{rank:2d}. {score:.3f}  {hit_id}  {json.dumps(payload)}")
+    return 0
 
 
 def _items(args: argparse.Namespace) -> tuple[list[str], list[pb.Item]]:
@@ -151,12 +238,28 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--top-k", type=int, default=3, help="codes per item")
         s.add_argument("--json", action="store_true", help="print full vectors as JSON lines")
     sub.add_parser("info", help="the model, its limits and engines")
+    ix = sub.add_parser("index", help="upsert every image under a folder into a collection")
+    ix.add_argument("folder", type=Path)
+    ix.add_argument("--collection", required=True)
+    ix.add_argument("--backend", default="builtin", help="for a new collection: builtin | milvus")
+    ix.add_argument("--batch", type=int, default=32)
+    se = sub.add_parser("search", help="search a collection by text or image")
+    se.add_argument("--collection", required=True)
+    se.add_argument("--text")
+    se.add_argument("--image")
+    se.add_argument("--top-k", type=int, default=5)
+    se.add_argument("--nprobe", type=int, default=0, help="codebook lists to search (0 = exact)")
+    sub.add_parser("collections", help="list collections")
+    dr = sub.add_parser("drop", help="drop a collection")
+    dr.add_argument("--collection", required=True)
     args = p.parse_args(argv)
     with TesseraClient(args.target, args.timeout_s) as client:
         try:
             if args.command == "info":
                 print(client.info())
                 return 0
+            if args.command in ("index", "search", "collections", "drop"):
+                return _collection_command(client, args)
             names, items = _items(args)
             if not items:
                 p.error("give at least one --text or --image")

@@ -36,6 +36,10 @@ class ServeConfig:
     preprocess_threads: int = 4  # image decode / tokenise pool
     metrics_port: int = -1  # Prometheus /metrics HTTP port; -1 = off, 0 = a free one (logged)
     drain_s: float = 30.0  # on SIGTERM: how long in-flight requests may take to finish
+    data_dir: str = "tessera-data"  # collections live here (write-ahead logs, snapshots, milvus-lite db)
+    fsync: str = "always"  # collection writes: always | interval (100 ms) | never (see runtime/index/wal.py)
+    milvus_uri: str = ""  # Milvus for milvus-backed collections ("" = milvus-lite at DATA_DIR/milvus.db)
+    repair_wal: bool = False  # move a corrupt log tail aside at start instead of refusing to start
     engine_cache: str = ""  # where TensorRT plans built at start go ("" = BUNDLE/../.tessera-engines)
     log_level: str = "INFO"
 
@@ -46,6 +50,8 @@ class ServeConfig:
                      "max_image_pixels", "max_text_chars", "preprocess_threads"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.fsync not in ("always", "interval", "never"):
+            raise ValueError(f"fsync {self.fsync!r} is not one of always, interval, never")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be ≥ 0, got {self.max_wait_ms}")
 

@@ -38,3 +38,7 @@ class Unavailable(TesseraError):
 
 class EngineFailure(TesseraError):
     """The engine failed on a batch; only that batch's requests fail (INTERNAL)."""
+
+
+class AlreadyExists(TesseraError):
+    """A named thing (a collection) exists already (ALREADY_EXISTS)."""

@@ -24,9 +24,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 class ServerProcess:
     """A `python -m runtime serve` subprocess; its stderr is collected, its ports parsed."""
 
-    def __init__(self, bundle: Path, *flags: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, bundle: Path, *flags: str, env: dict[str, str] | None = None, data_dir: Path | None = None
+    ) -> None:
+        import tempfile
+
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="tessera-data-"))
         cmd = [sys.executable, "-m", "runtime", "serve", "--bundle", str(bundle), "--port", "0",
-               "--metrics-port", "0", *flags]  # fmt: skip
+               "--metrics-port", "0", "--data-dir", str(self.data_dir), *flags]  # fmt: skip
         self.proc = subprocess.Popen(
             cmd, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
             env={**os.environ, **(env or {})},
@@ -69,3 +74,8 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no snapshot (the durability tests)."""
+        self.proc.kill()
+        self.proc.wait(30)

@@ -16,6 +16,7 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -30,6 +31,7 @@ from runtime.config import ServeConfig
 from runtime.embedder import Content, EncodedImage, Pixels, Text, top_codes
 from runtime.embedder import Embedder as EmbedderImpl
 from runtime.errors import (
+    AlreadyExists,
     EngineFailure,
     Expired,
     InvalidInput,
@@ -38,6 +40,8 @@ from runtime.errors import (
     TesseraError,
     Unavailable,
 )
+from runtime.index.base import check_id, check_payload, check_top_k
+from runtime.index.registry import Collections
 from runtime.metrics import Metrics
 from runtime.proto.tessera.v1 import tessera_pb2 as pb
 from runtime.proto.tessera.v1 import tessera_pb2_grpc as pb_grpc
@@ -50,6 +54,7 @@ Msg = TypeVar("Msg")
 STATUS: list[tuple[type[Exception], grpc.StatusCode]] = [
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Expired, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
@@ -98,6 +103,7 @@ def rpc(method: Callable[..., Awaitable[Msg]]) -> Callable[..., Awaitable[Msg]]:
 class Servicer(pb_grpc.TesseraServicer):
     def __init__(self, embedder: EmbedderImpl, cfg: ServeConfig, metrics: Metrics) -> None:
         self.embedder, self.cfg, self.metrics = embedder, cfg, metrics
+        self.collections: Collections | None = None  # opened (recovered) with the engines
         self.ready = False  # engines loaded and warmed
         self.draining = False
 
@@ -194,7 +200,104 @@ class Servicer(pb_grpc.TesseraServicer):
             version=__version__,
         )  # fmt: skip
 
+    # -- collections ------------------------------------------------------------------------------
+
+    @rpc
+    async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
+        t0 = time.perf_counter()
+        self._admit(request, len(request.records))
+        collection = self._collections().get(request.collection)
+        ids = [check_id(i, r.id) for i, r in enumerate(request.records)]
+        payloads = [check_payload(i, r.payload_json) for i, r in enumerate(request.records)]
+        for i, r in enumerate(request.records):
+            if not r.HasField("content"):
+                raise InvalidInput(f"record {i}: no content (set text, image, pixels or vector)")
+        vectors, codes, timings = await self._vectors([r.content for r in request.records], context, "record")
+        await asyncio.to_thread(collection.upsert, ids, vectors, codes, payloads)
+        timings.total_ms = 1e3 * (time.perf_counter() - t0)
+        return pb.UpsertResponse(fingerprint=self.embedder.fingerprint, upserted=len(ids), timings=timings)
+
+    @rpc
+    async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
+        self._admit(request, len(request.ids))
+        collection = self._collections().get(request.collection)
+        ids = [check_id(i, record_id) for i, record_id in enumerate(request.ids)]
+        return pb.DeleteResponse(deleted=await asyncio.to_thread(collection.delete, ids))
+
+    @rpc
+    async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
+        t0 = time.perf_counter()
+        self._admit(request, 1 if request.HasField("query") else 0)
+        collection = self._collections().get(request.collection)
+        top_k = check_top_k(request.top_k)
+        k = self.embedder.codebook.shape[0]
+        if request.nprobe > k:
+            raise InvalidInput(f"nprobe {request.nprobe} is over the {k} codebook lists (0 = exact search)")
+        vectors, _, timings, scores = await self._vectors([request.query], context, "query", with_scores=True)
+        probe = None if request.nprobe == 0 else top_codes(scores, request.nprobe)[0][0]  # (nprobe,)
+        hits, scored = await asyncio.to_thread(collection.search, vectors[0], top_k, probe)
+        timings.total_ms = 1e3 * (time.perf_counter() - t0)
+        return pb.SearchResponse(
+            fingerprint=self.embedder.fingerprint, timings=timings, scored=scored,
+            hits=[pb.Hit(id=h.id, score=h.score, payload_json=h.payload) for h in hits],
+        )  # fmt: skip
+
+    @rpc
+    async def CreateCollection(
+        self, request: pb.CreateCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CollectionInfo:
+        self._admit(request, 1)
+        collection = await asyncio.to_thread(self._collections().create, request.name, request.backend)
+        return _collection_info(collection)
+
+    @rpc
+    async def ListCollections(
+        self, request: pb.ListCollectionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListCollectionsResponse:
+        self._admit(request, 1)
+        infos = await asyncio.to_thread(lambda: [_collection_info(c) for c in self._collections().list()])
+        return pb.ListCollectionsResponse(collections=infos)
+
+    @rpc
+    async def DropCollection(
+        self, request: pb.DropCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DropCollectionResponse:
+        self._admit(request, 1)
+        await asyncio.to_thread(self._collections().drop, request.name)
+        return pb.DropCollectionResponse()
+
     # -- helpers ----------------------------------------------------------------------------------
+
+    def _collections(self) -> Collections:
+        assert self.collections is not None, "opened before SERVING"
+        return self.collections
+
+    async def _vectors(
+        self, items: list[pb.Item], context: grpc.aio.ServicerContext, what: str, with_scores: bool = False
+    ) -> Any:
+        """Items (content or vectors) -> (unit vectors (N, d), top codes (N,), timings[, code scores])."""
+        n, d = len(items), self.embedder.embed_dim
+        vectors = np.zeros((n, d), dtype=np.float32)  # (N, d)
+        scores = np.zeros((n, self.embedder.codebook.shape[0]), dtype=np.float32)  # (N, K)
+        given = [i for i, it in enumerate(items) if it.HasField("vector")]
+        for i in given:
+            v = self._vector(i, items[i].vector, what)
+            norm = float(np.linalg.norm(v))
+            if norm == 0.0:
+                raise InvalidInput(f"{what} {i}: the zero vector has no direction")
+            vectors[i] = v / norm
+        if given:
+            scores[given] = self.embedder.vector_scores(vectors[given])
+        content = [i for i in range(n) if i not in set(given)]
+        timings = pb.Timings()
+        if content:
+            out = await self.embedder.embed(
+                [_content(i, items[i], what) for i in content], _deadline(context)
+            )
+            vectors[content], scores[content] = out.embeddings, out.code_scores
+            timings = _timings(out)
+        codes = scores.argmax(axis=1).astype(np.int32)  # (N,) the list each vector lives in
+        return (vectors, codes, timings, scores) if with_scores else (vectors, codes, timings)
 
     async def _embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         t0 = time.perf_counter()
@@ -232,24 +335,31 @@ class Servicer(pb_grpc.TesseraServicer):
                 f"request of {size:,} bytes is over the {self.cfg.max_request_bytes:,}-byte limit"
             )
 
-    def _vector(self, index: int, v: pb.Vector) -> np.ndarray:
+    def _vector(self, index: int, v: pb.Vector, what: str = "item") -> np.ndarray:
         d = self.embedder.embed_dim
         if v.fingerprint and v.fingerprint != self.embedder.fingerprint:
             raise InvalidInput(
-                f"item {index}: vector from model {v.fingerprint[:12]}…, this server serves "
+                f"{what} {index}: vector from model {v.fingerprint[:12]}…, this server serves "
                 f"{self.embedder.fingerprint[:12]}… (re-embed with this model)"
             )
         if len(v.data) != 4 * d:
             raise InvalidInput(
-                f"item {index}: vector of {len(v.data)} bytes; expected {d} float32 values ({4 * d} bytes)"
+                f"{what} {index}: vector of {len(v.data)} bytes; expected {d} float32 values ({4 * d} bytes)"
             )
         array = np.frombuffer(v.data, dtype="<f4").astype(np.float32)  # (d,)
         if not np.isfinite(array).all():
-            raise InvalidInput(f"item {index}: vector holds NaN or infinity")
+            raise InvalidInput(f"{what} {index}: vector holds NaN or infinity")
         return array
 
 
-def _content(index: int, item: pb.Item) -> Content:
+def _collection_info(c: Any) -> pb.CollectionInfo:
+    s = c.spec
+    return pb.CollectionInfo(
+        name=s.name, backend=s.backend, count=c.count(), dim=s.dim, fingerprint=s.fingerprint
+    )
+
+
+def _content(index: int, item: pb.Item, what: str = "item") -> Content:
     kind = item.WhichOneof("content")
     if kind == "text":
         return Text(item.text)
@@ -258,8 +368,8 @@ def _content(index: int, item: pb.Item) -> Content:
     if kind == "pixels":
         return Pixels(item.pixels.width, item.pixels.height, item.pixels.rgb)
     if kind == "vector":
-        raise InvalidInput(f"item {index}: a vector cannot be embedded (send text, image or pixels)")
-    raise InvalidInput(f"item {index}: empty item (set text, image or pixels)")
+        raise InvalidInput(f"{what} {index}: a vector cannot be embedded (send text, image or pixels)")
+    raise InvalidInput(f"{what} {index}: empty {what} (set text, image or pixels)")
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -311,6 +421,11 @@ async def serve(cfg: ServeConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     t0 = time.perf_counter()
     await loop.run_in_executor(None, embedder.load)
+    m = bundle.manifest
+    servicer.collections = await loop.run_in_executor(None, lambda: Collections(
+        Path(cfg.data_dir), m.embed_dim, m.codebook_size, m.fingerprint, cfg.fsync, cfg.milvus_uri,
+        cfg.repair_wal,
+    ))  # fmt: skip
     embedder.start()
     servicer.ready = True
     for service in ("", SERVICE):
@@ -325,5 +440,6 @@ async def serve(cfg: ServeConfig) -> int:
         await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.stop(cfg.drain_s)
     await embedder.close()
+    servicer.collections.close()  # snapshots the built-in collections
     log.info("stopped")
     return 0

@@ -54,6 +54,36 @@ class TesseraStub:
                 request_serializer=tessera_dot_v1_dot_tessera__pb2.InfoRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_tessera__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.Upsert = channel.unary_unary(
+                '/tessera.v1.Tessera/Upsert',
+                request_serializer=tessera_dot_v1_dot_tessera__pb2.UpsertRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_tessera__pb2.UpsertResponse.FromString,
+                _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/tessera.v1.Tessera/Delete',
+                request_serializer=tessera_dot_v1_dot_tessera__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_tessera__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+        self.Search = channel.unary_unary(
+                '/tessera.v1.Tessera/Search',
+                request_serializer=tessera_dot_v1_dot_tessera__pb2.SearchRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_tessera__pb2.SearchResponse.FromString,
+                _registered_method=True)
+        self.CreateCollection = channel.unary_unary(
+                '/tessera.v1.Tessera/CreateCollection',
+                request_serializer=tessera_dot_v1_dot_tessera__pb2.CreateCollectionRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_tessera__pb2.CollectionInfo.FromString,
+                _registered_method=True)
+        self.ListCollections = channel.unary_unary(
+                '/tessera.v1.Tessera/ListCollections',
+                request_serializer=tessera_dot_v1_dot_tessera__pb2.ListCollectionsRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_tessera__pb2.ListCollectionsResponse.FromString,
+                _registered_method=True)
+        self.DropCollection = channel.unary_unary(
+                '/tessera.v1.Tessera/DropCollection',
+                request_serializer=tessera_dot_v1_dot_tessera__pb2.DropCollectionRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_tessera__pb2.DropCollectionResponse.FromString,
+                _registered_method=True)
 
 
 class TesseraServicer:
@@ -88,6 +118,43 @@ class TesseraServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Upsert(self, request, context):
+        """Collections: records embedded through the same batcher as Embed (or given as vectors).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Delete(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Search(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCollection(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCollections(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropCollection(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TesseraServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +177,36 @@ def add_TesseraServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=tessera_dot_v1_dot_tessera__pb2.InfoRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_tessera__pb2.InfoResponse.SerializeToString,
+            ),
+            'Upsert': grpc.unary_unary_rpc_method_handler(
+                    servicer.Upsert,
+                    request_deserializer=tessera_dot_v1_dot_tessera__pb2.UpsertRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_tessera__pb2.UpsertResponse.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=tessera_dot_v1_dot_tessera__pb2.DeleteRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_tessera__pb2.DeleteResponse.SerializeToString,
+            ),
+            'Search': grpc.unary_unary_rpc_method_handler(
+                    servicer.Search,
+                    request_deserializer=tessera_dot_v1_dot_tessera__pb2.SearchRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_tessera__pb2.SearchResponse.SerializeToString,
+            ),
+            'CreateCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCollection,
+                    request_deserializer=tessera_dot_v1_dot_tessera__pb2.CreateCollectionRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_tessera__pb2.CollectionInfo.SerializeToString,
+            ),
+            'ListCollections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCollections,
+                    request_deserializer=tessera_dot_v1_dot_tessera__pb2.ListCollectionsRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_tessera__pb2.ListCollectionsResponse.SerializeToString,
+            ),
+            'DropCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropCollection,
+                    request_deserializer=tessera_dot_v1_dot_tessera__pb2.DropCollectionRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_tessera__pb2.DropCollectionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +317,168 @@ class Tessera:
             '/tessera.v1.Tessera/Info',
             tessera_dot_v1_dot_tessera__pb2.InfoRequest.SerializeToString,
             tessera_dot_v1_dot_tessera__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Upsert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Tessera/Upsert',
+            tessera_dot_v1_dot_tessera__pb2.UpsertRequest.SerializeToString,
+            tessera_dot_v1_dot_tessera__pb2.UpsertResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Tessera/Delete',
+            tessera_dot_v1_dot_tessera__pb2.DeleteRequest.SerializeToString,
+            tessera_dot_v1_dot_tessera__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Search(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Tessera/Search',
+            tessera_dot_v1_dot_tessera__pb2.SearchRequest.SerializeToString,
+            tessera_dot_v1_dot_tessera__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Tessera/CreateCollection',
+            tessera_dot_v1_dot_tessera__pb2.CreateCollectionRequest.SerializeToString,
+            tessera_dot_v1_dot_tessera__pb2.CollectionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCollections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Tessera/ListCollections',
+            tessera_dot_v1_dot_tessera__pb2.ListCollectionsRequest.SerializeToString,
+            tessera_dot_v1_dot_tessera__pb2.ListCollectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Tessera/DropCollection',
+            tessera_dot_v1_dot_tessera__pb2.DropCollectionRequest.SerializeToString,
+            tessera_dot_v1_dot_tessera__pb2.DropCollectionResponse.FromString,
             options,
             channel_credentials,
             insecure,

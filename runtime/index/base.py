@@ -1,0 +1,109 @@
+"""The `Collection` protocol and what travels through it (no gRPC, no engine here)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from runtime.errors import InvalidInput
+
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")  # valid for Milvus too
+MAX_ID_BYTES = 512
+MAX_PAYLOAD_BYTES = 64 << 10
+MAX_TOP_K = 1000
+BACKENDS = ("builtin", "milvus")
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    name: str
+    backend: str  # "builtin" | "milvus"
+    dim: int
+    codebook_size: int
+    fingerprint: str  # the model whose vectors it holds
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float  # inner product of L2-normalised vectors (cosine)
+    payload: str  # JSON text
+
+
+class Collection(Protocol):
+    spec: CollectionSpec
+
+    def upsert(self, ids: list[str], vectors: np.ndarray, codes: np.ndarray, payloads: list[str]) -> None:
+        """Inserts or replaces records; durable when it returns. vectors (N, d), codes (N,) top code."""
+        ...
+
+    def delete(self, ids: list[str]) -> int:
+        """Removes the records that exist; returns how many did."""
+        ...
+
+    def search(self, query: np.ndarray, top_k: int, probe_codes: np.ndarray | None) -> tuple[list[Hit], int]:
+        """Top-k by inner product; only the lists of probe_codes when given (None = exact).
+        Returns the hits, best first, and how many vectors were scored."""
+        ...
+
+    def get(self, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:
+        """id -> (vector, payload) for the ids that exist."""
+        ...
+
+    def count(self) -> int: ...
+
+    def close(self) -> None:
+        """Flushes (the built-in one snapshots) and releases files."""
+        ...
+
+    def destroy(self) -> None:
+        """Releases without flushing; the collection is being dropped."""
+        ...
+
+
+def check_name(name: str) -> str:
+    if not NAME.match(name):
+        raise InvalidInput(f"collection name {name!r} must match {NAME.pattern} (letters, digits, _)")
+    return name
+
+
+def check_id(index: int, record_id: str) -> str:
+    if not record_id:
+        raise InvalidInput(f"record {index}: empty id")
+    if len(record_id.encode()) > MAX_ID_BYTES:
+        raise InvalidInput(f"record {index}: id of {len(record_id.encode())} bytes is over {MAX_ID_BYTES}")
+    return record_id
+
+
+def check_payload(index: int, payload: str) -> str:
+    if not payload:
+        return "{}"
+    if len(payload.encode()) > MAX_PAYLOAD_BYTES:
+        raise InvalidInput(
+            f"record {index}: payload of {len(payload.encode()):,} bytes is over {MAX_PAYLOAD_BYTES:,}"
+        )
+    try:
+        json.loads(payload)
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"record {index}: payload is not JSON ({e})") from e
+    return payload
+
+
+def check_top_k(top_k: int) -> int:
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise InvalidInput(f"top_k {top_k} must be between 1 and {MAX_TOP_K}")
+    return top_k
+
+
+def top_hits(scores: np.ndarray, rows: np.ndarray | None, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row indices, scores) of the top_k scores, best first; rows maps positions to rows."""
+    k = min(top_k, scores.shape[0])
+    if k == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    part = np.argpartition(-scores, k - 1)[:k] if k < scores.shape[0] else np.arange(scores.shape[0])
+    best = part[np.argsort(-scores[part], kind="stable")]
+    return (best if rows is None else rows[best]), scores[best]
