@@ -74,7 +74,7 @@ def render(shapes: list[Shape], size_px: int) -> Image.Image:
     return img.resize((size_px, size_px), Image.Resampling.LANCZOS)
 
 
-def _phrase(s: Shape, style: int) -> str:
+def phrase(s: Shape, style: int) -> str:
     where = CELLS[s.cell]
     at = "in the middle" if where == "middle" else f"at the {where}"
     if style == 0:
@@ -90,7 +90,7 @@ def captions(shapes: list[Shape], n: int, seed: str) -> list[str]:
     out = []
     for k in range(n):
         order = sorted(shapes, key=lambda s: s.cell) if k == 0 else rng.sample(shapes, len(shapes))
-        parts = [_phrase(s, (k + i) % 3) for i, s in enumerate(order)]
+        parts = [phrase(s, (k + i) % 3) for i, s in enumerate(order)]
         text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
         out.append(text)
     return out

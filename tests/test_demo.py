@@ -1,0 +1,28 @@
+"""The CI's end-to-end smoke: `python -m demo --smoke` trains a few steps, exports, serves, embeds,
+indexes, searches, draws the picture and stops the server cleanly — so a broken demo cannot land."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from tests.conftest import REPO_ROOT
+
+
+def test_demo_smoke_runs_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "demo", "--smoke", "--out", str(out)]
+    result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for step in ("[1/5] train", "[2/5] export", "[3/5] serve", "[4/5] use", "[5/5] stop"):
+        assert step in result.stdout, step
+    assert "server drained and exited with status 0" in result.stdout
+    assert "indexed 60 validation images" in result.stdout
+    assert result.stdout.count("  query: ") == 8
+    with Image.open(out / "retrievals.png") as picture:
+        assert picture.width > 600 and picture.height > 8 * 128
+    again = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "reusing" in again.stdout  # a re-run reuses what is built
