@@ -1,23 +1,25 @@
 """The gRPC transport (DESIGN.md §5): `tessera.v1.Tessera` over grpc.aio, plus the standard health
 service, server reflection, Prometheus metrics and a graceful drain on SIGTERM.
 
-Layers, after text-embeddings-inference: this module turns messages into `runtime.embedder`
-calls and errors into status codes (`status_of`, the one mapping); the embedder owns batching and
-engines. Lifecycle of `serve`: bind -> health NOT_SERVING -> load and warm up the engines with the
-largest batch (off the event loop) -> SERVING -> on SIGTERM or SIGINT: NOT_SERVING, new RPCs get
-UNAVAILABLE, in-flight ones finish within drain_s -> exit 0.
+Layers, after text-embeddings-inference: this module and runtime/search_rpc.py turn messages
+into `runtime.embedder` and `runtime.index` calls; runtime/rpc.py maps errors to status codes (the
+one mapping); the embedder owns batching and engines.
+
+Lifecycle of `serve`: bind -> health NOT_SERVING -> load and warm up the engines with the largest
+batch and open (recover) the collections, off the event loop -> SERVING -> on SIGTERM or SIGINT:
+NOT_SERVING, new RPCs get UNAVAILABLE, in-flight ones finish within drain_s, collections snapshot
+-> exit 0.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import numpy as np
@@ -28,79 +30,26 @@ from grpc_reflection.v1alpha import reflection
 from runtime import __version__
 from runtime.bundle import load_bundle
 from runtime.config import ServeConfig
-from runtime.embedder import Content, EncodedImage, Pixels, Text, top_codes
 from runtime.embedder import Embedder as EmbedderImpl
+from runtime.embedder import top_codes
 from runtime.errors import (
-    AlreadyExists,
-    EngineFailure,
-    Expired,
     InvalidInput,
-    NotFound,
-    Overloaded,
     TesseraError,
     Unavailable,
 )
-from runtime.index.base import check_id, check_payload, check_top_k
 from runtime.index.registry import Collections
 from runtime.metrics import Metrics
 from runtime.proto.tessera.v1 import tessera_pb2 as pb
 from runtime.proto.tessera.v1 import tessera_pb2_grpc as pb_grpc
+from runtime.rpc import content_of, deadline_of, rpc, status_of, timings_of
+from runtime.search_rpc import SearchRpcs
 
 log = logging.getLogger(__name__)
 SERVICE = "tessera.v1.Tessera"
 STREAM_WINDOW = 8  # EmbedStream requests in flight per stream
-Msg = TypeVar("Msg")
-
-STATUS: list[tuple[type[Exception], grpc.StatusCode]] = [
-    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (Expired, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (Unavailable, grpc.StatusCode.UNAVAILABLE),
-    (EngineFailure, grpc.StatusCode.INTERNAL),
-]
 
 
-def status_of(error: Exception) -> grpc.StatusCode:
-    """The one mapping from runtime errors to gRPC status codes (DESIGN.md §5)."""
-    for kind, code in STATUS:
-        if isinstance(error, kind):
-            return code
-    return grpc.StatusCode.INTERNAL
-
-
-def rpc(method: Callable[..., Awaitable[Msg]]) -> Callable[..., Awaitable[Msg]]:
-    """Counts and times a unary RPC, and turns a raised error into its status code."""
-
-    @functools.wraps(method)
-    async def handler(self: Servicer, request: Any, context: grpc.aio.ServicerContext) -> Msg:
-        t0, name = time.perf_counter(), method.__name__
-        code = grpc.StatusCode.OK
-        try:
-            return await method(self, request, context)
-        except TesseraError as e:
-            code = status_of(e)
-            await context.abort(code, str(e))
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as e:
-            if isinstance(e, grpc.aio.AbortError):
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            code = grpc.StatusCode.INTERNAL
-            log.exception("%s failed", name)
-            await context.abort(code, f"internal error in {name}: {type(e).__name__}")
-        finally:
-            self.metrics.requests.labels(name, code.name).inc()
-            self.metrics.latency.labels(name).observe(time.perf_counter() - t0)
-        raise AssertionError("unreachable: abort raises")
-
-    return handler
-
-
-class Servicer(pb_grpc.TesseraServicer):
+class Servicer(SearchRpcs, pb_grpc.TesseraServicer):
     def __init__(self, embedder: EmbedderImpl, cfg: ServeConfig, metrics: Metrics) -> None:
         self.embedder, self.cfg, self.metrics = embedder, cfg, metrics
         self.collections: Collections | None = None  # opened (recovered) with the engines
@@ -156,13 +105,13 @@ class Servicer(pb_grpc.TesseraServicer):
         vectors = {
             i: self._vector(i, it.vector) for i, it in enumerate(request.items) if it.HasField("vector")
         }
-        content = {i: _content(i, it) for i, it in enumerate(request.items) if not it.HasField("vector")}
+        content = {i: content_of(i, it) for i, it in enumerate(request.items) if not it.HasField("vector")}
         scores = np.zeros((len(request.items), self.embedder.codebook.shape[0]), dtype=np.float32)  # (N, K)
         timings = pb.Timings()
         if content:
-            out = await self.embedder.embed(list(content.values()), _deadline(context))
+            out = await self.embedder.embed(list(content.values()), deadline_of(context))
             scores[list(content)] = out.code_scores
-            timings = _timings(out)
+            timings = timings_of(out)
         if vectors:
             scores[list(vectors)] = self.embedder.vector_scores(np.stack(list(vectors.values())))
         ids, top = top_codes(scores, k)
@@ -200,113 +149,14 @@ class Servicer(pb_grpc.TesseraServicer):
             version=__version__,
         )  # fmt: skip
 
-    # -- collections ------------------------------------------------------------------------------
-
-    @rpc
-    async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
-        t0 = time.perf_counter()
-        self._admit(request, len(request.records))
-        collection = self._collections().get(request.collection)
-        ids = [check_id(i, r.id) for i, r in enumerate(request.records)]
-        payloads = [check_payload(i, r.payload_json) for i, r in enumerate(request.records)]
-        for i, r in enumerate(request.records):
-            if not r.HasField("content"):
-                raise InvalidInput(f"record {i}: no content (set text, image, pixels or vector)")
-        vectors, codes, timings = await self._vectors([r.content for r in request.records], context, "record")
-        await asyncio.to_thread(collection.upsert, ids, vectors, codes, payloads)
-        timings.total_ms = 1e3 * (time.perf_counter() - t0)
-        return pb.UpsertResponse(fingerprint=self.embedder.fingerprint, upserted=len(ids), timings=timings)
-
-    @rpc
-    async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
-        self._admit(request, len(request.ids))
-        collection = self._collections().get(request.collection)
-        ids = [check_id(i, record_id) for i, record_id in enumerate(request.ids)]
-        return pb.DeleteResponse(deleted=await asyncio.to_thread(collection.delete, ids))
-
-    @rpc
-    async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
-        t0 = time.perf_counter()
-        self._admit(request, 1 if request.HasField("query") else 0)
-        collection = self._collections().get(request.collection)
-        top_k = check_top_k(request.top_k)
-        k = self.embedder.codebook.shape[0]
-        if request.nprobe > k:
-            raise InvalidInput(f"nprobe {request.nprobe} is over the {k} codebook lists (0 = exact search)")
-        vectors, _, timings, scores = await self._vectors([request.query], context, "query", with_scores=True)
-        probe = None if request.nprobe == 0 else top_codes(scores, request.nprobe)[0][0]  # (nprobe,)
-        hits, scored = await asyncio.to_thread(collection.search, vectors[0], top_k, probe)
-        timings.total_ms = 1e3 * (time.perf_counter() - t0)
-        return pb.SearchResponse(
-            fingerprint=self.embedder.fingerprint, timings=timings, scored=scored,
-            hits=[pb.Hit(id=h.id, score=h.score, payload_json=h.payload) for h in hits],
-        )  # fmt: skip
-
-    @rpc
-    async def CreateCollection(
-        self, request: pb.CreateCollectionRequest, context: grpc.aio.ServicerContext
-    ) -> pb.CollectionInfo:
-        self._admit(request, 1)
-        collection = await asyncio.to_thread(self._collections().create, request.name, request.backend)
-        return _collection_info(collection)
-
-    @rpc
-    async def ListCollections(
-        self, request: pb.ListCollectionsRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ListCollectionsResponse:
-        self._admit(request, 1)
-        infos = await asyncio.to_thread(lambda: [_collection_info(c) for c in self._collections().list()])
-        return pb.ListCollectionsResponse(collections=infos)
-
-    @rpc
-    async def DropCollection(
-        self, request: pb.DropCollectionRequest, context: grpc.aio.ServicerContext
-    ) -> pb.DropCollectionResponse:
-        self._admit(request, 1)
-        await asyncio.to_thread(self._collections().drop, request.name)
-        return pb.DropCollectionResponse()
-
-    # -- helpers ----------------------------------------------------------------------------------
-
-    def _collections(self) -> Collections:
-        assert self.collections is not None, "opened before SERVING"
-        return self.collections
-
-    async def _vectors(
-        self, items: list[pb.Item], context: grpc.aio.ServicerContext, what: str, with_scores: bool = False
-    ) -> Any:
-        """Items (content or vectors) -> (unit vectors (N, d), top codes (N,), timings[, code scores])."""
-        n, d = len(items), self.embedder.embed_dim
-        vectors = np.zeros((n, d), dtype=np.float32)  # (N, d)
-        scores = np.zeros((n, self.embedder.codebook.shape[0]), dtype=np.float32)  # (N, K)
-        given = [i for i, it in enumerate(items) if it.HasField("vector")]
-        for i in given:
-            v = self._vector(i, items[i].vector, what)
-            norm = float(np.linalg.norm(v))
-            if norm == 0.0:
-                raise InvalidInput(f"{what} {i}: the zero vector has no direction")
-            vectors[i] = v / norm
-        if given:
-            scores[given] = self.embedder.vector_scores(vectors[given])
-        content = [i for i in range(n) if i not in set(given)]
-        timings = pb.Timings()
-        if content:
-            out = await self.embedder.embed(
-                [_content(i, items[i], what) for i in content], _deadline(context)
-            )
-            vectors[content], scores[content] = out.embeddings, out.code_scores
-            timings = _timings(out)
-        codes = scores.argmax(axis=1).astype(np.int32)  # (N,) the list each vector lives in
-        return (vectors, codes, timings, scores) if with_scores else (vectors, codes, timings)
-
     async def _embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         t0 = time.perf_counter()
         self._admit(request, len(request.items))
-        items = [_content(i, item) for i, item in enumerate(request.items)]
-        out = await self.embedder.embed(items, _deadline(context))
+        items = [content_of(i, item) for i, item in enumerate(request.items)]
+        out = await self.embedder.embed(items, deadline_of(context))
         response = pb.EmbedResponse(
             fingerprint=self.embedder.fingerprint, embed_dim=self.embedder.embed_dim,
-            timings=_timings(out), request_id=request.request_id,
+            timings=timings_of(out), request_id=request.request_id,
         )  # fmt: skip
         ids, top = top_codes(out.code_scores, request.top_codes) if request.top_codes else (None, None)
         for i, vector in enumerate(out.embeddings):
@@ -350,35 +200,6 @@ class Servicer(pb_grpc.TesseraServicer):
         if not np.isfinite(array).all():
             raise InvalidInput(f"{what} {index}: vector holds NaN or infinity")
         return array
-
-
-def _collection_info(c: Any) -> pb.CollectionInfo:
-    s = c.spec
-    return pb.CollectionInfo(
-        name=s.name, backend=s.backend, count=c.count(), dim=s.dim, fingerprint=s.fingerprint
-    )
-
-
-def _content(index: int, item: pb.Item, what: str = "item") -> Content:
-    kind = item.WhichOneof("content")
-    if kind == "text":
-        return Text(item.text)
-    if kind == "image":
-        return EncodedImage(item.image)
-    if kind == "pixels":
-        return Pixels(item.pixels.width, item.pixels.height, item.pixels.rgb)
-    if kind == "vector":
-        raise InvalidInput(f"{what} {index}: a vector cannot be embedded (send text, image or pixels)")
-    raise InvalidInput(f"{what} {index}: empty {what} (set text, image or pixels)")
-
-
-def _deadline(context: grpc.aio.ServicerContext) -> float | None:
-    remaining = context.time_remaining()
-    return None if remaining is None else asyncio.get_running_loop().time() + remaining
-
-
-def _timings(out: Any) -> pb.Timings:
-    return pb.Timings(queue_ms=out.queue_ms, preprocess_ms=out.preprocess_ms, inference_ms=out.inference_ms)
 
 
 # -- lifecycle --------------------------------------------------------------------------------------
