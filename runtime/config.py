@@ -33,6 +33,7 @@ class ServeConfig:
     max_text_chars: int = 8192  # characters per text item
     max_batch_tokens: int = 0  # text token budget per batch (padded), 0 = max_batch_size * max_len
     cpu_threads: int = 0  # ONNX Runtime intra-op threads per engine, 0 = its default (all cores)
+    cpu_spin: bool = False  # let ONNX Runtime's threads spin-wait (faster alone; steals the event loop's CPU)
     preprocess_threads: int = 4  # image decode / tokenise pool
     metrics_port: int = -1  # Prometheus /metrics HTTP port; -1 = off, 0 = a free one (logged)
     drain_s: float = 30.0  # on SIGTERM: how long in-flight requests may take to finish

@@ -49,7 +49,9 @@ def import_onnxruntime() -> Any:
 
 
 class OnnxRuntimeEngine:
-    def __init__(self, bundle: Bundle, key: str, use_gpu: bool, cpu_threads: int) -> None:
+    def __init__(
+        self, bundle: Bundle, key: str, use_gpu: bool, cpu_threads: int, cpu_spin: bool = False
+    ) -> None:
         ort = import_onnxruntime()
         spec: GraphSpec = bundle.manifest.graphs[key]
         self.graph, self.precision = spec.file, spec.precision
@@ -59,6 +61,8 @@ class OnnxRuntimeEngine:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if cpu_threads > 0:
             options.intra_op_num_threads = cpu_threads
+        if not cpu_spin:  # idle workers sleep instead of spinning on the cores the event loop needs
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         path = str(bundle.graph_path(key))
         self.session = None
         candidates = [p for p in GPU_PROVIDERS if use_gpu and p in ort.get_available_providers()]
@@ -102,7 +106,7 @@ def open_engines(bundle: Bundle, cfg: ServeConfig) -> EngineSet:
         if cfg.backend == "tensorrt" or tensorrt.available():
 
             def fallback(key: str) -> Engine:
-                return OnnxRuntimeEngine(bundle, key, True, cfg.cpu_threads)
+                return OnnxRuntimeEngine(bundle, key, True, cfg.cpu_threads, cfg.cpu_spin)
 
             image, text = (
                 tensorrt.engine_for(bundle, k, cfg, lambda k=k: fallback(k)) for k in ("image", "text")
@@ -110,5 +114,5 @@ def open_engines(bundle: Bundle, cfg: ServeConfig) -> EngineSet:
             return EngineSet(image, text)
     keys = ("image_int8", "text_int8") if cfg.int8 else ("image", "text")
     use_gpu = not cfg.int8
-    image, text = (OnnxRuntimeEngine(bundle, k, use_gpu, cfg.cpu_threads) for k in keys)
+    image, text = (OnnxRuntimeEngine(bundle, k, use_gpu, cfg.cpu_threads, cfg.cpu_spin) for k in keys)
     return EngineSet(image, text)

@@ -215,7 +215,7 @@ class TensorRTEngine:
             )
         for name, ptr in self.buffers.items():
             self.context.set_tensor_address(name, ptr)
-        if not self.context.execute_async_v3(self.stream):
+        if not self.context.execute_async_v3(int(self.stream)):  # the cudaStream_t as an address
             raise RuntimeError(f"TensorRT execution failed ({self.graph})")
         outputs = []
         for name in self.output_names:
