@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import logging
+import re
 import sys
 from dataclasses import fields
 
@@ -17,21 +19,30 @@ from runtime.config import BACKENDS, ServeConfig, load_config
 from runtime.errors import TesseraError
 
 
+def field_help() -> dict[str, str]:
+    """Each ServeConfig field's trailing comment in runtime/config.py: one source of truth for --help."""
+    source = inspect.getsource(ServeConfig)
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^    (\w+): [^#\n]+#(.*)$", source, re.M)}
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m runtime", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="serve a bundle over gRPC")
-    defaults = ServeConfig()
+    defaults, helps = ServeConfig(), field_help()
     for f in fields(ServeConfig):
         flag = "--" + f.name.replace("_", "-")
         env = "TESSERA_" + f.name.upper()
         default = getattr(defaults, f.name)
         if f.type in (bool, "bool"):
-            s.add_argument(flag, action="store_true", default=None, help=f"[{env}]")
+            s.add_argument(flag, action="store_true", default=None, help=f"{helps.get(f.name, '')} [{env}]")
             continue
         kind = {"int": int, "float": float}.get(str(f.type), str)
         choices = BACKENDS if f.name == "backend" else None
-        s.add_argument(flag, type=kind, default=None, choices=choices, help=f"[{env}] default: {default!r}")
+        s.add_argument(
+            flag, type=kind, default=None, choices=choices,
+            help=f"{helps.get(f.name, '')} [{env}, default {default!r}]",
+        )  # fmt: skip
     return p
 
 
