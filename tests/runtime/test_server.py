@@ -336,3 +336,23 @@ def test_client_cli_prints_vectors_and_codes(server: Server, tmp_path: Path) -> 
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["item"] for r in rows] == ["text 'a red circle'", f"image {image}"]
     assert all(len(r["vector"]) == 16 and len(r["codes"]) == 2 for r in rows)
+
+
+@pytest.mark.gpu
+def test_tensorrt_backend_builds_in_the_background_then_serves(bundle: Path, tmp_path: Path) -> None:
+    """Where TensorRT and a GPU are present: ONNX Runtime serves at once, the plan built in the
+    background takes over, and its embeddings agree with ONNX Runtime (cosine ≥ 0.999)."""
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (JetPack, or NVIDIA's index)")
+    s = Server(bundle, "--backend", "tensorrt", "--engine-cache", str(tmp_path / "engines"))
+    try:
+        with s.client(timeout_s=300) as client:
+            want = client.embed_texts(TEXTS)  # served by ONNX Runtime while the plan builds
+            deadline = time.monotonic() + 600
+            while not all(e.backend.startswith("tensorrt") for e in client.info().engines):
+                assert time.monotonic() < deadline, "TensorRT plans were not built in 10 minutes"
+                time.sleep(2)
+            got = client.embed_texts(TEXTS)
+        assert (got * want).sum(1).min() >= 0.999
+        assert list((tmp_path / "engines").glob("*.plan"))
+    finally:
+        assert s.stop() == 0
