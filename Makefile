@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: demo test test-all lint install
+.PHONY: demo test test-all test-gpu lint install
 
 $(STAMP): pyproject.toml requirements/pretrained.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,3 +37,7 @@ test: lint
 # Everything that runs on a CPU, slow cases included.
 test-all: lint
 	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)
+
+# The `gpu` cases (CUDA, TensorRT): on a machine that has them.
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
