@@ -45,8 +45,11 @@ class SearchRpcs:
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
         self._admit(request, len(request.ids))
         collection = self._collections().get(request.collection)
+        t0 = time.perf_counter()
         ids = [check_id(i, record_id) for i, record_id in enumerate(request.ids)]
-        return pb.DeleteResponse(deleted=await asyncio.to_thread(collection.delete, ids))
+        deleted = await asyncio.to_thread(collection.delete, ids)
+        timings = pb.Timings(total_ms=1e3 * (time.perf_counter() - t0))
+        return pb.DeleteResponse(deleted=deleted, fingerprint=self.embedder.fingerprint, timings=timings)
 
     @rpc
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
