@@ -114,7 +114,12 @@ class Embedder:
         assert self.image is not None and self.text is not None, "start() first"
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        prepared = await asyncio.gather(*(self._prepare_async(loop, i, item) for i, item in enumerate(items)))
+        if all(self._cheap(item) for item in items):  # no task per item on the hot path
+            prepared = [self._prepare(i, item) for i, item in enumerate(items)]
+        else:
+            prepared = await asyncio.gather(
+                *(self._prepare_async(loop, i, item) for i, item in enumerate(items))
+            )
         preprocess_ms = 1e3 * (time.perf_counter() - t0)
         texts = [i for i, item in enumerate(items) if isinstance(item, Text)]
         images = [i for i in range(len(items)) if i not in set(texts)]
@@ -123,7 +128,7 @@ class Embedder:
             jobs.append(self.text.submit([prepared[i] for i in texts], deadline_s))
         if images:
             jobs.append(self.image.submit([prepared[i] for i in images], deadline_s))
-        outcomes = await asyncio.gather(*jobs)
+        outcomes = [await jobs[0]] if len(jobs) == 1 else await asyncio.gather(*jobs)
         results: list[Result[tuple[np.ndarray, np.ndarray]] | None] = [None] * len(items)
         for indices, batch in zip([x for x in (texts, images) if x], outcomes, strict=True):
             for i, r in zip(indices, batch, strict=True):
@@ -137,10 +142,14 @@ class Embedder:
             inference_ms=max(r.inference_ms for r in done),
         )
 
-    async def _prepare_async(self, loop: asyncio.AbstractEventLoop, index: int, item: Content) -> np.ndarray:
-        """Cheap items (a text, pixels already at size) inline; decoding and resizing on the pool."""
+    def _cheap(self, item: Content) -> bool:
+        """A text, or pixels already at size: prepared inline (a tokenizer call is ~20 µs)."""
         size = self.decoder.size_px
-        if isinstance(item, Text) or (isinstance(item, Pixels) and item.width == item.height == size):
+        return isinstance(item, Text) or (isinstance(item, Pixels) and item.width == item.height == size)
+
+    async def _prepare_async(self, loop: asyncio.AbstractEventLoop, index: int, item: Content) -> np.ndarray:
+        """Cheap items inline; decoding and resizing on the pool."""
+        if self._cheap(item):
             return self._prepare(index, item)
         return await loop.run_in_executor(self.pool, self._prepare, index, item)
 
