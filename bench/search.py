@@ -81,6 +81,17 @@ def recall(got: list[list[int]], exact: list[list[int]]) -> float:
     return float(np.mean([len(set(g) & set(e)) / len(e) for g, e in zip(got, exact, strict=True)]))
 
 
+def run_faiss(index: object, queries: np.ndarray) -> tuple[list[list[int]], list[float]]:
+    """Top-10 ids and seconds of each query, one at a time."""
+    got, times = [], []
+    for q in queries:
+        t0 = time.perf_counter()
+        _, idx = index.search(q[None], 10)  # type: ignore[attr-defined]
+        times.append(time.perf_counter() - t0)
+        got.append(idx[0].tolist())
+    return got, times
+
+
 def bench_size(vectors: np.ndarray, queries: np.ndarray, codebook: np.ndarray, fingerprint: str) -> list[str]:
     import faiss
 
@@ -124,12 +135,7 @@ def bench_size(vectors: np.ndarray, queries: np.ndarray, codebook: np.ndarray, f
 
     flat = faiss.IndexFlatIP(d)
     flat.add(vectors)
-    times, got = [], []
-    for q in queries:
-        t0 = time.perf_counter()
-        _, idx = flat.search(q[None], 10)
-        times.append(time.perf_counter() - t0)
-        got.append(idx[0].tolist())
+    got, times = run_faiss(flat, queries)
     p50, p99 = percentiles(times)
     rows.append((f"{n:,}", "FAISS IndexFlatIP", "-", recall(got, exact), p50, p99, p50_exact / p50))
     ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, k_lists, faiss.METRIC_INNER_PRODUCT)
@@ -137,12 +143,7 @@ def bench_size(vectors: np.ndarray, queries: np.ndarray, codebook: np.ndarray, f
     ivf.add(vectors)
     for nprobe in NPROBES:
         ivf.nprobe = nprobe
-        times, got = [], []
-        for q in queries:
-            t0 = time.perf_counter()
-            _, idx = ivf.search(q[None], 10)
-            times.append(time.perf_counter() - t0)
-            got.append(idx[0].tolist())
+        got, times = run_faiss(ivf, queries)
         p50, p99 = percentiles(times)
         rows.append((f"{n:,}", "FAISS IndexIVFFlat", nprobe, recall(got, exact), p50, p99, p50_exact / p50))
     return [

@@ -122,7 +122,7 @@ class Embedder:
             )
         preprocess_ms = 1e3 * (time.perf_counter() - t0)
         texts = [i for i, item in enumerate(items) if isinstance(item, Text)]
-        images = [i for i in range(len(items)) if i not in set(texts)]
+        images = [i for i, item in enumerate(items) if not isinstance(item, Text)]
         jobs = []
         if texts:
             jobs.append(self.text.submit([prepared[i] for i in texts], deadline_s))

@@ -113,7 +113,7 @@ class SearchRpcs:
             vectors[i] = v / norm
         if given:
             scores[given] = self.embedder.vector_scores(vectors[given])
-        content = [i for i in range(n) if i not in set(given)]
+        content = [i for i in range(n) if not items[i].HasField("vector")]
         timings = pb.Timings()
         if content:
             out = await self.embedder.embed(
