@@ -1,8 +1,10 @@
-"""Helpers every benchmark shares: the machine line, medians, and recording a table in
-docs/benchmarks.md between `<!-- bench:NAME -->` markers (the rest of the page is left alone)."""
+"""Helpers every benchmark shares: the machine line, medians, the Flickr8k captions used as text
+load, and recording a table in docs/benchmarks.md between `<!-- bench:NAME -->` markers (the rest
+of the page is left alone)."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -11,6 +13,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+CAPTIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k" / "captions.jsonl"
+
+
+def captions(n: int, fallback: list[str]) -> list[str]:
+    """The first n Flickr8k captions (one per image), or `fallback` repeated where the data is absent."""
+    if CAPTIONS.is_file():
+        rows = [json.loads(line) for line in CAPTIONS.read_text().splitlines()[:n]]
+        return [r["captions"][0] if "captions" in r else r["caption"] for r in rows]
+    return (fallback * (n // len(fallback) + 1))[:n]
 
 
 def machine() -> str:

@@ -3,9 +3,13 @@
 For each model — the tiny shapes model and EfficientNet-lite0 + MiniLM-L6 — a trained checkpoint
 (`--tiny`, `--edge`; defaults: the runs of `python -m train --config tiny-shapes` and
 `--config flickr8k`) is exported with --int8 and timed; where a checkpoint is missing, one is made
-from the config (pretrained towers, untrained heads). Then the fp32 and int8 sessions run
+from the config (pretrained towers, untrained heads). Then the fp32 and int8 graphs run
 alternately on the same inputs (images/s, texts/s at batch 1 and 32, medians of interleaved
-repeats) and the cosine between their embeddings is taken.
+repeats; texts are Flickr8k captions) and the cosine between their embeddings is taken. The
+graphs run in the server's own engine (`runtime.engines.OnnxRuntimeEngine`), whose idle ONNX
+Runtime workers sleep: with spinning workers (ONNX Runtime's default), the session that ran last
+keeps spinning on the cores while the other runs, and on 2 cores that slowed the interleaved runs
+unequally (docs/decisions.md §5).
 
     python -m bench.export [--tiny runs/tiny-shapes/best.pt] [--edge runs/f8k-tessera/best.pt] [--record]
 """
@@ -20,18 +24,26 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
-from bench.common import machine, median, publish
+from bench.common import captions, machine, median, publish
 from export.parity import SENTENCES, compare
 from export.pipeline import Exporter, ExportOptions
 from runtime.bundle import load_bundle
+from runtime.engines import OnnxRuntimeEngine
 from train.checkpoint import make_payload, save_checkpoint
 from train.config import ImageTowerConfig, ModelConfig, TextTowerConfig, TrainConfig, load_train_config
 from train.data.shapes import render, scene
 from train.data.tokenizer import TextEncoder, load_tokenizer
 from train.model import DualEncoder
+
+BATCH = 32
+SINGLES = 16  # batch 1 is timed over this many different items, one call each
+
+
+def text_feed(text: TextEncoder, batch: list[str]) -> dict[str, np.ndarray]:
+    ids, mask = text.encode(batch)  # (B, L), padded to the batch's longest
+    return {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
 
 
 def fresh_checkpoint(name: str, path: Path) -> None:
@@ -53,26 +65,26 @@ def fresh_checkpoint(name: str, path: Path) -> None:
     save_checkpoint(path, make_payload(cfg, tok, model.state_dict(), None, 0, 0, {}))
 
 
-def session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 0  # all cores
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def throughput(
-    sessions: dict[str, ort.InferenceSession], feed: dict[str, np.ndarray], repeats: int
+    engines: dict[str, OnnxRuntimeEngine], feeds: list[dict[str, np.ndarray]], repeats: int
 ) -> dict[str, float]:
-    """items/s per session, medians of interleaved runs (fp32, int8, fp32, ...)."""
-    batch = next(iter(feed.values())).shape[0]
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for s in sessions.values():
-        s.run(None, feed)  # warm-up
+    """items/s per engine: each repeat runs every feed once per engine, interleaved (fp32, int8,
+    fp32, ...); the median repeat counts."""
+    items = sum(next(iter(f.values())).shape[0] for f in feeds)
+    times: dict[str, list[float]] = {k: [] for k in engines}
+    for e in engines.values():
+        e.run(feeds[0])  # warm-up
     for _ in range(repeats):
-        for k, s in sessions.items():
+        for k, e in engines.items():
             t0 = time.perf_counter()
-            s.run(None, feed)
+            for feed in feeds:
+                e.run(feed)
             times[k].append(time.perf_counter() - t0)
-    return {k: batch / median(v) for k, v in times.items()}
+    return {k: items / median(v) for k, v in times.items()}
+
+
+def min_cosine(engines: dict[str, OnnxRuntimeEngine], feeds: list[dict[str, np.ndarray]]) -> float:
+    return min(compare(engines["int8"].run(f)[0], engines["fp32"].run(f)[0]).min_cosine for f in feeds)
 
 
 def bench_model(name: str, repeats: int, checkpoint: Path | None) -> tuple[list[str], str]:
@@ -86,33 +98,30 @@ def bench_model(name: str, repeats: int, checkpoint: Path | None) -> tuple[list[
         bundle = load_bundle(Path(tmp) / "bundle")
         m = bundle.manifest
         size = m.image.size_px
-        pictures = np.stack([np.asarray(render(scene(1, "bench", i), size)) for i in range(32)]).astype(
+        pictures = np.stack([np.asarray(render(scene(1, "bench", i), size)) for i in range(BATCH)]).astype(
             np.uint8
         )
         from tokenizers import Tokenizer
 
         text = TextEncoder(Tokenizer.from_file(str(bundle.path("tokenizer.json"))), m.text.max_len)
-        texts = (SENTENCES * 7)[:32]
+        texts = captions(BATCH, SENTENCES)
         rows = []
         for modality in ("image", "text"):
-            sessions = {
-                p: session(bundle.graph_path(modality if p == "fp32" else f"{modality}_int8"))
+            engines = {  # the server's own engine: CPU provider, all cores, idle workers sleep
+                p: OnnxRuntimeEngine(bundle, modality if p == "fp32" else f"{modality}_int8", False, 0)
                 for p in ("fp32", "int8")
             }
-            for batch in (1, 32):
+            for batch in (1, BATCH):
+                groups = [range(i, i + batch) for i in range(0, SINGLES if batch == 1 else BATCH, batch)]
                 if modality == "image":
-                    feed = {"pixels": pictures[:batch]}
+                    feeds = [{"pixels": pictures[list(g)]} for g in groups]
                 else:
-                    ids, mask = text.encode(texts[:batch])
-                    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
-                rate = throughput(sessions, feed, repeats)
-                cos = compare(
-                    sessions["int8"].run(None, feed)[0], sessions["fp32"].run(None, feed)[0]
-                ).min_cosine
+                    feeds = [text_feed(text, [texts[i] for i in g]) for g in groups]
+                rate = throughput(engines, feeds, repeats)
                 unit = "images/s" if modality == "image" else "texts/s"
                 rows.append(
                     f"| {name} | {modality} | {batch} | {rate['fp32']:.1f} | {rate['int8']:.1f} | "
-                    f"{rate['int8'] / rate['fp32']:.2f}x | {cos:.4f} | {unit} |"
+                    f"{rate['int8'] / rate['fp32']:.2f}x | {min_cosine(engines, feeds):.4f} | {unit} |"
                 )
         mb = {k: bundle.graph_path(k).stat().st_size / 1e6 for k in m.graphs}
         summary = (
@@ -138,10 +147,14 @@ def main(argv: list[str] | None = None) -> None:
         summaries.append(summary)
     lines = [
         f"- Command: `python -m bench.export {' '.join(sys.argv[1:])}`",
-        f"- Machine: {machine()}, ONNX Runtime CPU provider, all cores",
+        f"- Machine: {machine()}; `runtime.engines.OnnxRuntimeEngine` as served: CPU provider, all "
+        "cores, idle workers sleep (`--cpu-spin` off)",
         f"- Checkpoints: tiny `{args.tiny}`, efficientnet-minilm `{args.edge}` (docs/results.md)",
-        f"- Medians of {args.repeats} interleaved runs (fp32, int8, fp32, ...) after a warm-up; "
-        "cosine: min over the batch of int8 vs fp32 embeddings.",
+        f"- Medians of {args.repeats} interleaved repeats (fp32, int8, fp32, ...) after a warm-up. "
+        f"Texts: the first {BATCH} Flickr8k captions (built-in sentences without the data); "
+        f"images: rendered shapes scenes. Batch 1 = {SINGLES} different items, one call each; "
+        f"batch {BATCH} = one call, texts padded to the longest. Cosine: min over those items of "
+        "int8 vs fp32 embeddings.",
         "",
         "| model | graph | batch | fp32 items/s | int8 items/s | int8 / fp32 | min cosine | unit |",
         "|---|---|---:|---:|---:|---:|---:|---|",

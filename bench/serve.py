@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 
-from bench.common import machine, median, publish
+from bench.common import captions, machine, median, publish
 from bench.export import fresh_checkpoint
 from export.parity import SENTENCES
 from runtime.bundle import Bundle, load_bundle
@@ -46,7 +45,6 @@ from train.data.shapes import render, scene
 CLIENTS = 64
 BATCH = 32
 MAX_WAIT_MS = 5.0
-CAPTIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k" / "captions.jsonl"
 
 
 def ensure_bundle(name: str, checkpoint: Path) -> Path:
@@ -64,16 +62,9 @@ def ensure_bundle(name: str, checkpoint: Path) -> Path:
     return out
 
 
-def texts(n: int) -> list[str]:
-    if CAPTIONS.is_file():
-        rows = [json.loads(line) for line in CAPTIONS.read_text().splitlines()[:n]]
-        return [r["captions"][0] if "captions" in r else r["caption"] for r in rows]
-    return (SENTENCES * (n // len(SENTENCES) + 1))[:n]
-
-
 def items(bundle: Bundle, modality: str, n: int) -> list[pb.Item]:
     if modality == "text":
-        return [pb.Item(text=t) for t in texts(n)]
+        return [pb.Item(text=t) for t in captions(n, SENTENCES)]
     s = bundle.manifest.image.size_px
     pics = [np.asarray(render(scene(1, "bench", i % 64), s), dtype=np.uint8) for i in range(n)]
     return [pb.Item(pixels=pb.RawImage(width=s, height=s, rgb=p.tobytes())) for p in pics]

@@ -25,7 +25,7 @@ from PIL import Image
 
 from export.onnx import EXPORTER, ImageGraph, TextGraph, export_graph, image_specs, text_specs
 from export.parity import Comparison, compare, image_inputs, merge, text_inputs
-from export.quantize import quantize_graph
+from export.quantize import AttentionShape, quantize_graph
 from runtime.bundle import (
     MANIFEST,
     SCHEMA,
@@ -70,10 +70,12 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
-def _session(path: Path) -> ort.InferenceSession:
+def _session(path: Path, disabled_optimizers: list[str] | None = None) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(path), opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled_optimizers
+    )
 
 
 def _torch_image(model: DualEncoder, pixels: np.ndarray) -> list[np.ndarray]:
@@ -100,6 +102,7 @@ class Exporter:
         self.parity: list[ParityRecord] = []
         self.graphs: dict[str, GraphSpec] = {}
         self.calibration_note: dict[str, Any] = {}
+        self.int8_notes: dict[str, dict[str, Any]] = {}  # graph -> what quantize_graph did
 
     def run(self) -> Path:
         o = self.opts
@@ -201,10 +204,24 @@ class Exporter:
         backend = f"onnxruntime-cpu {ort.__version__}"
         for key, name in (("image", "image_encoder"), ("text", "text_encoder")):
             self.progress(f"int8     quantise {name}")
-            quantize_graph(tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx")
+            t = model.cfg.text
+            shape, feeds = None, None
+            if key == "text":  # real sentences calibrate the FFN outlier channels (export/outliers.py)
+                shape = AttentionShape(t.heads, t.width, t.depth)
+                feeds = [
+                    {"input_ids": ids, "attention_mask": mask}
+                    for what, ids, mask in text_inputs(text, t.vocab_size, self.opts.max_batch)
+                    if not what.startswith("random")
+                ]
+            self.int8_notes[key] = quantize_graph(
+                tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx", shape, feeds
+            )
             spec = self.graphs[key]
-            self.graphs[f"{key}_int8"] = GraphSpec(f"{name}.int8.onnx", "int8", spec.inputs, spec.outputs)
-            fp32, int8 = _session(tmp / f"{name}.onnx"), _session(tmp / f"{name}.int8.onnx")
+            disabled = self.int8_notes[key]["disabled_optimizers"]
+            self.graphs[f"{key}_int8"] = GraphSpec(
+                f"{name}.int8.onnx", "int8", spec.inputs, spec.outputs, disabled_optimizers=disabled
+            )
+            fp32, int8 = _session(tmp / f"{name}.onnx"), _session(tmp / f"{name}.int8.onnx", disabled)
             if key == "image":
                 cases = self._image_cases(model, int8, lambda p, s=fp32: s.run(None, {"pixels": p}))
             else:
@@ -269,6 +286,7 @@ class Exporter:
                     "onnxruntime": ort.__version__,
                 },
                 "int8_calibration": self.calibration_note,
+                "int8_graphs": self.int8_notes,
             },
             parity=list(self.parity),
         )

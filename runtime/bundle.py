@@ -42,6 +42,9 @@ class GraphSpec:
     precision: str  # "fp32" | "int8"
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    # ONNX Runtime graph optimisers to switch off when this graph is loaded (names as ONNX Runtime
+    # spells them): ones that measured slower on it (docs/decisions.md §5). Optional; default none.
+    disabled_optimizers: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ class Manifest:
                         precision=g["precision"],
                         inputs=[TensorSpec(**t) for t in g["inputs"]],
                         outputs=[TensorSpec(**t) for t in g["outputs"]],
+                        disabled_optimizers=[str(o) for o in g.get("disabled_optimizers", [])],
                     )
                     for k, g in data["graphs"].items()
                 },

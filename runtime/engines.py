@@ -64,11 +64,14 @@ class OnnxRuntimeEngine:
         if not cpu_spin:  # idle workers sleep instead of spinning on the cores the event loop needs
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         path = str(bundle.graph_path(key))
+        disabled = list(spec.disabled_optimizers)  # what the bundle measured slower for this graph
         self.session = None
         candidates = [p for p in GPU_PROVIDERS if use_gpu and p in ort.get_available_providers()]
         for provider in candidates:
             try:
-                session = ort.InferenceSession(path, options, providers=[provider, "CPUExecutionProvider"])
+                session = ort.InferenceSession(
+                    path, options, providers=[provider, "CPUExecutionProvider"], disabled_optimizers=disabled
+                )
             except Exception as e:  # a listed provider whose libraries or device are missing
                 log.info("%s: %s unusable (%s)", spec.file, provider, e)
                 continue
@@ -77,7 +80,9 @@ class OnnxRuntimeEngine:
                 break
             log.info("%s: %s listed but did not bind; falling back", spec.file, provider)
         if self.session is None:
-            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                path, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
+            )
         self.providers = self.session.get_providers()
         self.name = f"onnxruntime {ort.__version__} [{self.providers[0]}]"
 

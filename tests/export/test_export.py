@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -123,6 +124,17 @@ def test_manifest_records_parity_provenance_and_int8(bundle: Path, checkpoint: P
         )
         assert records[f"{key}_int8"].passed and records[f"{key}_int8"].min_cosine >= 0.99
     assert m.graphs["text_int8"].precision == "int8" and (bundle / m.graphs["text_int8"].file).is_file()
+    # every text layer's attention fused and quantised (QAttention), and the record says so
+    depth = m.provenance["training_config"]["model"]["text"]["depth"]
+    text_graph = onnx.load(str(bundle / m.graphs["text_int8"].file))
+    assert sum(n.op_type == "QAttention" for n in text_graph.graph.node) == depth
+    assert m.provenance["int8_graphs"]["text"]["fused_attention"] == depth
+    assert len(m.provenance["int8_graphs"]["text"]["ffn_outlier_channels"]) == depth  # every FFN examined
+    assert m.provenance["int8_graphs"]["image"]["fused_attention"] == 0
+    # the session optimiser that measured slower on the fused graph is switched off, for it alone
+    assert m.graphs["text_int8"].disabled_optimizers == ["SkipLayerNormFusion"]
+    assert m.graphs["text"].disabled_optimizers == [] and m.graphs["image_int8"].disabled_optimizers == []
+    assert not [f for f in bundle.iterdir() if f.name.endswith(".fused")]
     assert m.provenance["exporter"].startswith("torch.onnx") and m.provenance["opset"] == 17
     assert len(m.provenance["checkpoint_sha256"]) == 64
     assert m.provenance["training_config"]["objective"]["preset"] == "tessera"
@@ -150,6 +162,16 @@ def test_another_schema_is_refused(bundle: Path, tmp_path: Path) -> None:
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"schema 'tessera\.bundle/2' is not 'tessera\.bundle/1'"):
         load_bundle(copy)
+
+
+def test_a_manifest_without_optional_graph_fields_loads(bundle: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for graph in manifest["graphs"].values():
+        del graph["disabled_optimizers"]  # as bundles exported before the field existed
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert all(g.disabled_optimizers == [] for g in load_bundle(copy).manifest.graphs.values())
 
 
 def test_a_failure_mid_export_leaves_nothing(

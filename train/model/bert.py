@@ -11,6 +11,7 @@ Outputs: pooled (B, W), token states except [CLS] as locals (B, L-1, W), their m
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,6 +55,7 @@ class _SelfAttention(nn.Module):
     def __init__(self, cfg: TextTowerConfig) -> None:
         super().__init__()
         self.heads = cfg.heads
+        self.sqrt_head_width = math.sqrt(cfg.width // cfg.heads)
         self.dropout_p = cfg.dropout
         self.query = nn.Linear(cfg.width, cfg.width)
         self.key = nn.Linear(cfg.width, cfg.width)
@@ -65,10 +67,13 @@ class _SelfAttention(nn.Module):
         def split(x: torch.Tensor) -> torch.Tensor:
             return x.view(b, n, self.heads, w // self.heads).transpose(1, 2)  # (B, H, L, Dh)
 
-        p = self.dropout_p if self.training else 0.0
-        y = F.scaled_dot_product_attention(
-            split(self.query(h)), split(self.key(h)), split(self.value(h)), attn_mask=bias, dropout_p=p
-        )  # (B, H, L, Dh)
+        q, k, v = split(self.query(h)), split(self.key(h)), split(self.value(h))  # (B, H, L, Dh)
+        if torch.onnx.is_in_onnx_export():  # spelled out: the pattern ONNX Runtime fuses into Attention
+            scores = torch.matmul(q, k.transpose(-1, -2)) / self.sqrt_head_width + bias  # (B, H, L, L)
+            y = torch.matmul(torch.softmax(scores, dim=-1), v)  # (B, H, L, Dh)
+        else:
+            p = self.dropout_p if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)  # (B, H, L, Dh)
         return y.transpose(1, 2).reshape(b, n, w)
 
 
@@ -139,9 +144,8 @@ class BertTextTower(nn.Module):
         assert mask is not None, "the text tower needs its attention mask"
         if start >= stop:
             return h
-        keep = mask.bool()  # (B, L)
-        bias = torch.zeros(keep.shape, dtype=h.dtype, device=h.device)
-        bias = bias.masked_fill(~keep, torch.finfo(h.dtype).min)[:, None, None, :]  # (B, 1, 1, L)
+        keep = mask[:, None, None, :].to(h.dtype)  # (B, 1, 1, L): 1 = token, 0 = padding
+        bias = (1.0 - keep) * torch.finfo(h.dtype).min  # (B, 1, 1, L): 0 or the dtype's min
         for layer in self.encoder.layer[start:stop]:
             h = layer(h, bias)
         return h
