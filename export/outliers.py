@@ -115,9 +115,9 @@ def find_feed_forwards(graph: onnx.GraphProto) -> list[FeedForward]:
             ]
         if b1 is None or Counter(n.op_type for n in chain) != ERF_GELU:
             continue
-        inside = {id(n) for n in chain} | {id(m2)}
+        inside = {n.output[0] for n in chain} | {m2.output[0]}  # nodes, keyed by their (SSA) output
         tensors = [b1.output[0], *(o for n in chain for o in n.output)]
-        if any(t in outputs or any(id(c) not in inside for c in consumers.get(t, [])) for t in tensors):
+        if any(t in outputs or any(c.output[0] not in inside for c in consumers.get(t, [])) for t in tensors):
             continue  # something else reads the block's inner tensors: zeroing would change it
         m1 = producer[bias_add(b1) or ""]
         after = consumers.get(m2.output[0], [])
