@@ -1,5 +1,6 @@
 """int8 graphs for CPUs: ONNX Runtime dynamic quantisation (weights int8 ahead of time,
-activations quantised per batch at run time; no calibration set needed).
+activations quantised per batch at run time; no user calibration set needed — the export's own
+sentences locate the FFN outlier channels).
 
 - `quantize_graph(source, target, attention, calibration)`: the int8 twin of an fp32 graph; returns what was
   done (recorded in the manifest's provenance).
@@ -68,10 +69,15 @@ def quantize_graph(
     staged = target.with_name(target.name + ".staged")  # the rewritten fp32 graph, removed below
     try:
         fused = _fuse_attention(source, staged, attention) if attention is not None else 0
-        model = onnx.load(str(staged if fused else source))
-        split, fp32 = split_ffn_outliers(model, calibration) if calibration else ([], [])
-        onnx.save(model, str(staged))
-        _quantize(staged, target, keep_fp32=fp32)
+        current = staged if fused else source
+        split, fp32 = [], []
+        if calibration:
+            model = onnx.load(str(current))
+            split, fp32 = split_ffn_outliers(model, calibration)
+            if fp32:  # something was rewritten
+                onnx.save(model, str(staged))
+                current = staged
+        _quantize(current, target, keep_fp32=fp32)
     finally:
         staged.unlink(missing_ok=True)
         root.setLevel(level)
