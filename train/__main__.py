@@ -1,7 +1,10 @@
-"""`python -m train --config CONFIG [--set key=value ...] [--out DIR] [--resume CKPT]`
+"""`python -m train --config CONFIG [--set key=value ...] [--out DIR] [--resume CKPT | --init CKPT]`
 
 CONFIG is a file or a name in train/configs/ (tiny-shapes, flickr8k, paper-4m). Under `torchrun`,
 every rank runs this same command; rank 0 writes OUT/metrics.jsonl and the checkpoints.
+`--resume` continues a run exactly; `--init` starts a new run (new config, optimiser, schedule and
+locks) from a checkpoint's weights — fine-tuning a trained model, or the second stage of a
+linear-probe-then-fine-tune recipe (docs/results.md).
 """
 
 from __future__ import annotations
@@ -22,11 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", help="run directory (default: runs/CONFIG-NAME)")
     parser.add_argument("--resume", help="a checkpoint (e.g. OUT/last.pt) to continue exactly from")
+    parser.add_argument("--init", help="a checkpoint whose weights a new run starts from (same shapes)")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.resume and args.init:
+        print("error: --resume continues a run and --init starts one: pass one of them", file=sys.stderr)
+        return 2
     try:
         cfg = load_train_config(args.config, args.overrides)
     except ConfigError as e:
@@ -45,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from train.loop import train  # torch is imported only once the arguments are good
 
-    metrics = train(cfg, out, args.resume)
+    metrics = train(cfg, out, args.resume, init=args.init)
     if metrics and int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"out": str(out), **{k: round(v, 2) for k, v in metrics.items()}}))
     return 0

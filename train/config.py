@@ -82,6 +82,7 @@ class ModelConfig:
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
     embed_dim: int = 256  # d, the joint space
     head_dropout: float = 0.0  # dropout on tower outputs before the heads (locked towers overfit)
+    text_head_dropout: float | None = None  # the text head's, when it differs (None = head_dropout)
     regions_side: int = 4  # image locals are pooled to regions_side² regions (16)
     codebook_size: int = 1024  # K
     codebook_temp: float = 0.1  # τ_c, student code-assignment temperature (SwAV's value)
@@ -98,6 +99,11 @@ class ObjectiveConfig:
     alpha: float = 0.4  # final α of CMA momentum distillation (ramped from 0 over the first epoch)
     sinkhorn_eps: float = 0.05  # ε, entropic regularisation of the code assignment
     sinkhorn_iters: int = 3
+    # CMA's in-batch columns: False = the momentum encoder's detached features (ALBEF, TCL);
+    # True = the online features with gradient on both sides (CLIP's symmetric InfoNCE). With
+    # momentum 0 and no queue, ALBEF's form trains each side only through its rows and was
+    # unstable at large lr (docs/decisions.md §6); the distillation target stays the teacher's.
+    online_columns: bool = False
     # Per-term weights on top of the preset (a preset switches terms on; 0 switches one off).
     weight_cma: float = 1.0
     weight_imc: float = 1.0

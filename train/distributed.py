@@ -1,8 +1,10 @@
 """The few collectives the objectives need, each a no-op in a single process.
 
-Every gathered tensor here is a momentum (no-gradient) target: the online features stay on their
-rank and their loss rows are averaged by DDP, so no gather has to carry gradient (unlike
-open_clip's `gather_with_grad`; see docs/decisions.md).
+The momentum targets are gathered without gradient: the online features stay on their rank and
+their loss rows are averaged by DDP. The one exception is `all_gather_with_grad`, for CMA with
+online columns (CLIP's symmetric InfoNCE, `objective.online_columns`): there each rank's online
+features are also columns of every other rank's rows, and the gather's backward sums those
+gradients back to their rank, so DDP's average equals one process on the whole batch.
 """
 
 from __future__ import annotations
@@ -17,6 +19,16 @@ def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """`all_gather_cat` whose backward returns each rank the gradient of its own rows, summed over ranks."""
+    _, world = rank_and_world()
+    if world == 1:
+        return x
+    import torch.distributed.nn.functional as dist_fn  # autograd-aware collectives
+
+    return torch.cat(dist_fn.all_gather(x.contiguous()), dim=0)
 
 
 @torch.no_grad()

@@ -120,22 +120,28 @@ def validate(cfg: TrainConfig, ctx: Context, n_pairs: int) -> None:
 class Trainer:
     """State of one run; `run()` trains to the end (or to `run.stop_after_steps`)."""
 
-    def __init__(self, cfg: TrainConfig, out_dir: Path, resume: Path | None = None) -> None:
+    def __init__(
+        self, cfg: TrainConfig, out_dir: Path, resume: Path | None = None, init: Path | None = None
+    ) -> None:
         self.ctx = setup_context(cfg.run.device)
         self.out = out_dir
         ckpt = load_checkpoint(resume) if resume else None
         if ckpt is not None:
             cfg = replace(ckpt["config"], run=cfg.run)  # the run's shape is fixed; logging may change
+        start = load_checkpoint(init) if init is not None and ckpt is None else None
         torch.manual_seed(cfg.run.seed)
         self.train_source = make_source(cfg.data, cfg.data.train_split, cfg.model.image.image_size)
         self.val_source = make_source(cfg.data, cfg.data.val_split, cfg.model.image.image_size)
-        self.text = build_text(cfg, self.train_source, ckpt["tokenizer"] if ckpt else None)
+        saved = ckpt or start  # a trained text tower keeps the tokenizer it was trained with
+        self.text = build_text(cfg, self.train_source, saved["tokenizer"] if saved else None)
         if cfg.data.tokenizer == "train":
             cfg = replace(
                 cfg, model=replace(cfg.model, text=replace(cfg.model.text, vocab_size=self.text.vocab_size))
             )
         validate(cfg, self.ctx, len(self.train_source.pairs))
-        model = DualEncoder(cfg.model, load_weights=ckpt is None)
+        model = DualEncoder(cfg.model, load_weights=ckpt is None)  # resolves pretrained shapes
+        if start is not None:
+            _load_init(model, start, init)
         cfg = replace(cfg, model=model.cfg)  # resolved shapes: what the checkpoint records
         self.cfg = cfg
         model.lock(cfg.lock.image_stages, cfg.lock.text_stages)
@@ -352,9 +358,26 @@ class Trainer:
         return self.metrics
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, resume: str | Path | None = None) -> dict[str, float]:
+def _load_init(model: DualEncoder, start: dict[str, Any], path: Path | None) -> None:
+    """A new run's weights from another run's checkpoint; every parameter must match in shape."""
+    state = start["model"]
+    mine = model.state_dict()
+    differ = [k for k, v in state.items() if k in mine and v.shape != mine[k].shape]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(mine[k].shape)}" for k in differ]
+    missing = sorted(set(mine) - set(state))
+    if wrong or missing:
+        raise ValueError(
+            f"--init {path}: the checkpoint's model differs from this config's "
+            f"(shapes: {wrong[:3]}; missing: {missing[:3]}); set the same model.* as the run it came from"
+        )
+    model.load_state_dict(state)
+
+
+def train(
+    cfg: TrainConfig, out_dir: str | Path, resume: str | Path | None = None, init: str | Path | None = None
+) -> dict[str, float]:
     """Runs (or resumes) a training run; returns the last evaluation's metrics."""
-    trainer = Trainer(cfg, Path(out_dir), Path(resume) if resume else None)
+    trainer = Trainer(cfg, Path(out_dir), Path(resume) if resume else None, Path(init) if init else None)
     try:
         return trainer.run()
     finally:

@@ -41,14 +41,15 @@ def contrastive_direction(
     col_ids: list[int],
     tau: float,
     alpha: float,
+    teacher_cols: list[Vec] | None = None,
 ) -> float:
-    """mean_i CE(rows_i·cols/τ, α·softmax(teacher_i·cols/τ) + (1−α)·y_i)."""
+    """mean_i CE(rows_i·cols/τ, α·softmax(teacher_i·teacher_cols/τ) + (1−α)·y_i); teacher_cols: cols."""
     total = []
     for i, row in enumerate(rows):
         logits = [dot(row, c) / tau for c in cols]
         y = positives(row_ids[i], col_ids)
         if teacher_rows is not None and alpha > 0:
-            soft = softmax([dot(teacher_rows[i], c) / tau for c in cols])
+            soft = softmax([dot(teacher_rows[i], c) / tau for c in (teacher_cols or cols)])
             target = [alpha * s + (1 - alpha) * p for s, p in zip(soft, y, strict=True)]
         else:
             target = y
@@ -61,6 +62,14 @@ def cma(zv, zt, zvm, ztm, qv, qt, ids, qids, tau, alpha) -> float:
     cols_t, cols_v, col_ids = ztm + qt, zvm + qv, ids + qids
     i2t = contrastive_direction(zv, zvm, cols_t, ids, col_ids, tau, alpha)
     t2i = contrastive_direction(zt, ztm, cols_v, ids, col_ids, tau, alpha)
+    return 0.5 * (i2t + t2i)
+
+
+def cma_online(zv, zt, zvm, ztm, qv, qt, ids, qids, tau, alpha) -> float:
+    """CMA whose in-batch columns are the online features (CLIP); the teacher keeps the momentum ones."""
+    col_ids = ids + qids
+    i2t = contrastive_direction(zv, zvm, zt + qt, ids, col_ids, tau, alpha, teacher_cols=ztm + qt)
+    t2i = contrastive_direction(zt, ztm, zv + qv, ids, col_ids, tau, alpha, teacher_cols=zvm + qv)
     return 0.5 * (i2t + t2i)
 
 

@@ -87,6 +87,22 @@ def test_checkpoint_describes_itself(tmp_path: Path) -> None:
     assert model.encode_image(pixels).global_.shape == (2, 16)
 
 
+def test_init_starts_a_new_run_from_another_runs_weights(tmp_path: Path) -> None:
+    """`--init`: weights and tokenizer come from the checkpoint; step, optimiser and config are new."""
+    first = tmp_path / "first"
+    train(small("optim.max_steps=3"), first)
+    source = torch.load(first / "last.pt", weights_only=True)
+    cfg = small("lock.text_stages=1", "optim.lr=1e-5")
+    trainer = Trainer(cfg, tmp_path / "second", init=first / "last.pt")
+    state = trainer.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in source["model"].items())
+    assert trainer.step == 0 and not trainer.optimizer.state
+    assert trainer.text.tokenizer.to_str() == source["tokenizer"]  # a trained vocabulary is kept
+    assert trainer.cfg.lock.text_stages == 1 and trainer.cfg.optim.lr == 1e-5
+    with pytest.raises(ValueError, match=r"--init .*differs from this config"):
+        Trainer(small("model.embed_dim=8"), tmp_path / "third", init=first / "last.pt")
+
+
 def test_locked_prefix_trains_only_the_rest_from_a_cache(tmp_path: Path) -> None:
     cfg = small(
         "model.image.depth=2", "model.text.depth=2", "lock.image_stages=1", "lock.text_stages=1",

@@ -191,3 +191,47 @@ def test_presets_sum_their_terms(batch: dict, preset: str) -> None:
         assert abs(out.terms[name].item() - want[name]) < TOL, name
     total = sum((0.5 if n == "lmi" else 1.0) * want[n] for n in expected_terms)
     assert abs(out.loss.item() - total) < TOL
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.4])
+def test_online_columns_match_loops(batch: dict, alpha: float) -> None:
+    b = batch
+    f = StepFeatures(
+        image=b["zv"], text=b["zt"], image_m=b["zvm"], text_m=b["ztm"],
+        image_locals_m=b["lv"], image_locals_mask=b["lv_mask"],
+        text_locals_m=b["lt"], text_locals_mask=b["lt_mask"], ids=b["ids"],
+    )  # fmt: skip
+    objective = AlignmentObjective(ObjectiveConfig(preset="codis", online_columns=True), codebook_temp=0.1)
+    out = objective(f, gather_targets(f), (b["qv"], b["qt"], b["qids"]), b["tau"], b["codebook"], alpha)
+    args = [L(b[k]) for k in ("zv", "zt", "zvm", "ztm", "qv", "qt", "ids", "qids")]
+    assert abs(out.terms["cma"].item() - ref.cma_online(*args, 0.07, alpha)) < TOL
+    assert abs(out.terms["cma"].item() - ref.cma(*args, 0.07, alpha)) > 1e-3  # not the ALBEF form
+
+
+def test_online_columns_without_queue_are_clips_symmetric_infonce(batch: dict) -> None:
+    """Loss and gradients equal CLIP's two cross-entropies over the batch's similarity matrix: each
+    feature is trained through its row and its column (with momentum columns only through its row)."""
+    b = batch
+    ids = torch.arange(B)  # one caption per image: the diagonal is the target
+    zv, zt = b["zv"].clone().requires_grad_(True), b["zt"].clone().requires_grad_(True)
+    f = StepFeatures(
+        image=zv, text=zt, image_m=zv.detach(), text_m=zt.detach(),
+        image_locals_m=b["lv"], image_locals_mask=b["lv_mask"],
+        text_locals_m=b["lt"], text_locals_mask=b["lt_mask"], ids=ids,
+    )  # fmt: skip
+    empty = (b["qv"][:0], b["qt"][:0], ids[:0])
+
+    def grads(online: bool) -> tuple[torch.Tensor, ...]:
+        objective = AlignmentObjective(ObjectiveConfig(preset="itc", online_columns=online), 0.1)
+        loss = objective(f, gather_targets(f), empty, b["tau"], b["codebook"], 0.0).loss
+        return (loss, *torch.autograd.grad(loss, (zv, zt)))
+
+    logits = zv @ zt.T / b["tau"]  # (B, B)
+    clip = 0.5 * (F.cross_entropy(logits, ids) + F.cross_entropy(logits.T, ids))
+    want = (clip, *torch.autograd.grad(clip, (zv, zt)))
+    got = grads(online=True)
+    for g, w in zip(got, want, strict=True):
+        assert torch.allclose(g, w, atol=1e-9)
+    albef = grads(online=False)  # same loss value, half the gradient paths
+    assert torch.allclose(albef[0], want[0], atol=1e-9)
+    assert (albef[2] - want[2]).abs().max() > 1e-3

@@ -87,7 +87,8 @@ class Towers(nn.Module):
         self.image_tower = build_image_tower(cfg.image, cfg.regions_side, load_weights)
         self.text_tower = build_text_tower(cfg.text, load_weights)
         self.image_head = ProjectionHead(int(self.image_tower.width), cfg.embed_dim, cfg.head_dropout)
-        self.text_head = ProjectionHead(self.text_tower.width, cfg.embed_dim, cfg.head_dropout)
+        text_dropout = cfg.head_dropout if cfg.text_head_dropout is None else cfg.text_head_dropout
+        self.text_head = ProjectionHead(self.text_tower.width, cfg.embed_dim, text_dropout)
 
     def encode_image(self, h: torch.Tensor, start: int = 0) -> Encoded:
         """From normalised pixels (start = 0) or the hidden state after `start` stages."""

@@ -5,9 +5,10 @@
     codis   = CMA + CODE                      (CODIS without its fusion-encoder terms)
     tessera = CMA + IMC + LMI + CODE
 
-Rows are this rank's samples; columns are the gathered momentum batch followed by the queue. The
-returned loss is the mean over this rank's rows: DDP's gradient averaging makes the step equal to a
-single process on the concatenated batch (tests/train/test_distributed.py).
+Rows are this rank's samples; columns are the gathered momentum batch followed by the queue (for
+CMA with `online_columns`, the gathered online batch with gradient, then the queue). The returned
+loss is the mean over this rank's rows: DDP's gradient averaging makes the step equal to a single
+process on the concatenated batch (tests/train/test_distributed.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from train.config import ObjectiveConfig, Preset
+from train.distributed import all_gather_with_grad
 from train.objectives.cma import cma_loss
 from train.objectives.codebook import code_loss
 from train.objectives.common import as_float
@@ -73,7 +75,15 @@ class AlignmentObjective:
         col_ids = torch.cat([t.ids, q_ids])  # (G+M,)
         rows = t.row_offset + torch.arange(image.shape[0], device=image.device)  # (B,)
         terms: dict[str, torch.Tensor] = {}
-        if "cma" in self.terms:
+        if "cma" in self.terms and self.cfg.online_columns:
+            q = q_image.shape[0]
+            terms["cma"] = cma_loss(
+                image, text, image_m, text_m,
+                torch.cat([all_gather_with_grad(image), cols_image[cols_image.shape[0] - q :]]),  # (G+M, d)
+                torch.cat([all_gather_with_grad(text), cols_text[cols_text.shape[0] - q :]]),  # (G+M, d)
+                f.ids, col_ids, tau, self.alpha(alpha), cols_image, cols_text,
+            )  # fmt: skip
+        elif "cma" in self.terms:
             terms["cma"] = cma_loss(
                 image, text, image_m, text_m, cols_image, cols_text, f.ids, col_ids, tau, self.alpha(alpha)
             )
