@@ -70,23 +70,21 @@ class AlignmentObjective:
         q_image, q_text, q_ids = queue
         image, text = as_float(f.image), as_float(f.text)
         image_m, text_m = as_float(f.image_m), as_float(f.text_m)
-        cols_image = torch.cat([as_float(t.image_m), q_image.to(image.dtype)])  # (G+M, d)
-        cols_text = torch.cat([as_float(t.text_m), q_text.to(image.dtype)])  # (G+M, d)
+        q_image, q_text = q_image.to(image.dtype), q_text.to(image.dtype)
+        cols_image = torch.cat([as_float(t.image_m), q_image])  # (G+M, d)
+        cols_text = torch.cat([as_float(t.text_m), q_text])  # (G+M, d)
         col_ids = torch.cat([t.ids, q_ids])  # (G+M,)
         rows = t.row_offset + torch.arange(image.shape[0], device=image.device)  # (B,)
         terms: dict[str, torch.Tensor] = {}
-        if "cma" in self.terms and self.cfg.online_columns:
-            q = q_image.shape[0]
+        if "cma" in self.terms:
+            student_image, student_text = cols_image, cols_text  # ALBEF: the teacher's columns
+            if self.cfg.online_columns:  # CLIP: the online batch, with gradient, then the queue
+                student_image = torch.cat([all_gather_with_grad(image), q_image])  # (G+M, d)
+                student_text = torch.cat([all_gather_with_grad(text), q_text])  # (G+M, d)
             terms["cma"] = cma_loss(
-                image, text, image_m, text_m,
-                torch.cat([all_gather_with_grad(image), cols_image[cols_image.shape[0] - q :]]),  # (G+M, d)
-                torch.cat([all_gather_with_grad(text), cols_text[cols_text.shape[0] - q :]]),  # (G+M, d)
+                image, text, image_m, text_m, student_image, student_text,
                 f.ids, col_ids, tau, self.alpha(alpha), cols_image, cols_text,
             )  # fmt: skip
-        elif "cma" in self.terms:
-            terms["cma"] = cma_loss(
-                image, text, image_m, text_m, cols_image, cols_text, f.ids, col_ids, tau, self.alpha(alpha)
-            )
         if "imc" in self.terms:
             terms["imc"] = imc_loss(image, text, cols_image, cols_text, f.ids, col_ids, tau)
         if "lmi" in self.terms:
