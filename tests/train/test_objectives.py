@@ -56,6 +56,16 @@ def batch() -> dict:
     }
 
 
+def step_features(b: dict, **replaced: torch.Tensor) -> StepFeatures:
+    """The fixture batch as one step's features; `replaced` swaps some of them."""
+    fields = dict(
+        image=b["zv"], text=b["zt"], image_m=b["zvm"], text_m=b["ztm"],
+        image_locals_m=b["lv"], image_locals_mask=b["lv_mask"],
+        text_locals_m=b["lt"], text_locals_mask=b["lt_mask"], ids=b["ids"],
+    )  # fmt: skip
+    return StepFeatures(**{**fields, **replaced})
+
+
 def L(x: torch.Tensor) -> list:
     return x.tolist()
 
@@ -158,11 +168,7 @@ def test_sinkhorn_sharpens_as_epsilon_falls() -> None:
 @pytest.mark.parametrize("preset", ["itc", "tcl", "codis", "tessera"])
 def test_presets_sum_their_terms(batch: dict, preset: str) -> None:
     b = batch
-    f = StepFeatures(
-        image=b["zv"], text=b["zt"], image_m=b["zvm"], text_m=b["ztm"],
-        image_locals_m=b["lv"], image_locals_mask=b["lv_mask"],
-        text_locals_m=b["lt"], text_locals_mask=b["lt_mask"], ids=b["ids"],
-    )  # fmt: skip
+    f = step_features(b)
     objective = AlignmentObjective(ObjectiveConfig(preset=preset, weight_lmi=0.5), codebook_temp=0.1)
     out = objective(f, gather_targets(f), (b["qv"], b["qt"], b["qids"]), b["tau"], b["codebook"], alpha=0.4)
     args = (
@@ -196,11 +202,7 @@ def test_presets_sum_their_terms(batch: dict, preset: str) -> None:
 @pytest.mark.parametrize("alpha", [0.0, 0.4])
 def test_online_columns_match_loops(batch: dict, alpha: float) -> None:
     b = batch
-    f = StepFeatures(
-        image=b["zv"], text=b["zt"], image_m=b["zvm"], text_m=b["ztm"],
-        image_locals_m=b["lv"], image_locals_mask=b["lv_mask"],
-        text_locals_m=b["lt"], text_locals_mask=b["lt_mask"], ids=b["ids"],
-    )  # fmt: skip
+    f = step_features(b)
     objective = AlignmentObjective(ObjectiveConfig(preset="codis", online_columns=True), codebook_temp=0.1)
     out = objective(f, gather_targets(f), (b["qv"], b["qt"], b["qids"]), b["tau"], b["codebook"], alpha)
     args = [L(b[k]) for k in ("zv", "zt", "zvm", "ztm", "qv", "qt", "ids", "qids")]
@@ -214,11 +216,7 @@ def test_online_columns_without_queue_are_clips_symmetric_infonce(batch: dict) -
     b = batch
     ids = torch.arange(B)  # one caption per image: the diagonal is the target
     zv, zt = b["zv"].clone().requires_grad_(True), b["zt"].clone().requires_grad_(True)
-    f = StepFeatures(
-        image=zv, text=zt, image_m=zv.detach(), text_m=zt.detach(),
-        image_locals_m=b["lv"], image_locals_mask=b["lv_mask"],
-        text_locals_m=b["lt"], text_locals_mask=b["lt_mask"], ids=ids,
-    )  # fmt: skip
+    f = step_features(b, image=zv, text=zt, image_m=zv.detach(), text_m=zt.detach(), ids=ids)
     empty = (b["qv"][:0], b["qt"][:0], ids[:0])
 
     def grads(online: bool) -> tuple[torch.Tensor, ...]:
