@@ -360,17 +360,13 @@ class Trainer:
 
 def _load_init(model: DualEncoder, start: dict[str, Any], path: Path | None) -> None:
     """A new run's weights from another run's checkpoint; every parameter must match in shape."""
-    state = start["model"]
-    mine = model.state_dict()
-    differ = [k for k, v in state.items() if k in mine and v.shape != mine[k].shape]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(mine[k].shape)}" for k in differ]
-    missing = sorted(set(mine) - set(state))
-    if wrong or missing:
+    try:
+        model.load_state_dict(start["model"])  # strict: names what is missing or differs in shape
+    except RuntimeError as e:
         raise ValueError(
-            f"--init {path}: the checkpoint's model differs from this config's "
-            f"(shapes: {wrong[:3]}; missing: {missing[:3]}); set the same model.* as the run it came from"
-        )
-    model.load_state_dict(state)
+            f"--init {path}: the checkpoint's model differs from this config's; set the same model.* "
+            f"as the run it came from. {e}"
+        ) from None
 
 
 def train(
