@@ -2,8 +2,9 @@
 
 With `lock.cache = true`, every training image gets `cache_views` augmented views pushed through
 the locked image stages, and every caption through the locked text stages; both are stored in
-float16 (in memory, and on disk under a key of everything that determines them, so runs that
-differ only in objective or optimiser share one cache). Each step then draws two distinct cached
+float16 (in memory, and on disk as two files — image views, text — each under a key of everything
+that determines it, so runs that differ only in objective or optimiser share a cache, and runs that
+differ only in the text lock share the image views). Each step then draws two distinct cached
 views per image: augmentation variety at a fraction of the cost.
 """
 
@@ -13,7 +14,7 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,20 +39,36 @@ class FeatureCache:
     pair_image: torch.Tensor  # (n_captions,) image index of each caption (= pair)
 
 
-def cache_key(cfg: TrainConfig, tokenizer_json: str) -> str:
-    """Hash of everything the cached tensors depend on."""
-    parts = {
-        "image": to_dict(cfg.model.image),
-        "text": to_dict(cfg.model.text),
-        "lock": [cfg.lock.image_stages, cfg.lock.text_stages, cfg.lock.cache_views],
-        "data": {
-            k: v for k, v in to_dict(cfg.data).items() if k not in ("workers", "val_split", "val_max_images")
-        },
+def cache_keys(cfg: TrainConfig, tokenizer_json: str) -> tuple[str, str]:
+    """Hashes of everything the cached image views and the cached text depend on, in that order.
+
+    Two keys, two files: runs that share the image lock but not the text lock (the two stages of
+    LP-FT) reuse the image views, the costly part.
+    """
+    data = to_dict(cfg.data)
+    image = to_dict(cfg.model.image)
+    del image["mirror_average"]  # an eval-mode choice: training views are single either way
+    image_parts = {
+        "image": image,
+        "lock": [cfg.lock.image_stages, cfg.lock.cache_views],
+        "data": {k: data[k] for k in ("source", "jsonl", "image_root", "train_split", "augment") if k in data}
+        | {k: v for k, v in data.items() if k.startswith("shapes")},
         "seed": cfg.run.seed,
-        "tokenizer": hashlib.sha256(tokenizer_json.encode()).hexdigest(),
-        "version": 1,
+        "version": 2,
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    text_parts = {
+        "text": to_dict(cfg.model.text),
+        "lock": cfg.lock.text_stages,
+        "data": {
+            k: v for k, v in data.items() if k not in ("workers", "val_split", "val_max_images", "augment")
+        },
+        "tokenizer": hashlib.sha256(tokenizer_json.encode()).hexdigest(),
+        "version": 2,
+    }
+    return tuple(  # type: ignore[return-value]
+        hashlib.sha256(json.dumps(p, sort_keys=True).encode()).hexdigest()[:16]
+        for p in (image_parts, text_parts)
+    )
 
 
 @torch.no_grad()
@@ -61,16 +78,41 @@ def build_cache(
     text: TextEncoder,
     cfg: TrainConfig,
     device: torch.device,
-    path: Path,
+    directory: Path,
     show_progress: bool,
 ) -> FeatureCache:
-    """Loads the cache at `path`, or computes and saves it."""
-    if path.is_file():
-        log.info("feature cache: loading %s", path)
-        return FeatureCache(**torch.load(path, weights_only=True))
+    """Loads the image and text parts of the cache from `directory`, computing (and saving) the missing."""
     if model.image_locked == 0:
         raise ValueError("lock.cache needs lock.image_stages > 0 (nothing to cache otherwise)")
+    image_key, text_key = cache_keys(cfg, text.tokenizer.to_str())
     model.eval()
+    images = _load_or_build(
+        directory / f"{image_key}-images.pt",
+        lambda: {"images": _image_views(model, source, cfg, device, show_progress)},
+    )["images"]
+    texts = _load_or_build(
+        directory / f"{text_key}-text.pt", lambda: _text_states(model, source, text, device)
+    )
+    return FeatureCache(images, texts["text"], texts["text_mask"], texts["pair_image"])
+
+
+def _load_or_build(path: Path, build: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    if path.is_file():
+        log.info("feature cache: loading %s", path)
+        return torch.load(path, weights_only=True)
+    tensors = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(tensors, tmp)
+    tmp.replace(path)
+    log.info("feature cache: wrote %s (%.2f GB)", path, path.stat().st_size / 1e9)
+    return tensors
+
+
+def _image_views(
+    model: DualEncoder, source: PairSource, cfg: TrainConfig, device: torch.device, show_progress: bool
+) -> torch.Tensor:
+    """(n_images, V, *prefix) float16: each view through the locked image stages."""
     views = cfg.lock.cache_views
     loader = torch.utils.data.DataLoader(
         _CacheViews(source, cfg.data.augment, model.cfg.image.image_size, views, cfg.run.seed),
@@ -83,25 +125,23 @@ def build_cache(
         chunks.append(model.image_prefix(pixels.to(device)).half().cpu())
         bar.update(len(pixels))
     bar.close()
-    n = len(source.items)
-    images = torch.cat(chunks).view(n, views, *chunks[0].shape[1:])
-    captions = [c for _, c in source.pairs]
-    ids, mask = text.encode(captions)
+    return torch.cat(chunks).view(len(source.items), views, *chunks[0].shape[1:])
+
+
+def _text_states(
+    model: DualEncoder, source: PairSource, text: TextEncoder, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Every caption's locked text prefix (float16 states), or its token ids when text is not locked."""
+    ids, mask = text.encode([c for _, c in source.pairs])
     if model.text_locked:
         states = [
             model.text_prefix(ids[lo : lo + 256].to(device), mask[lo : lo + 256].to(device)).half().cpu()
-            for lo in range(0, len(captions), 256)
+            for lo in range(0, len(ids), 256)
         ]
         text_tensor = torch.cat(states)
     else:
         text_tensor = ids
-    cache = FeatureCache(images, text_tensor, mask, torch.tensor([i for i, _ in source.pairs]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(vars(cache), tmp)
-    tmp.replace(path)
-    log.info("feature cache: wrote %s (%.2f GB)", path, path.stat().st_size / 1e9)
-    return cache
+    return {"text": text_tensor, "text_mask": mask, "pair_image": torch.tensor([i for i, _ in source.pairs])}
 
 
 class _CacheViews(torch.utils.data.Dataset):
@@ -121,7 +161,7 @@ class _CacheViews(torch.utils.data.Dataset):
         except IMAGE_ERRORS as e:  # cached as a blank view; the warning names the file
             log.warning("unreadable image %s cached as blank: %s", self.source.items[i].image, e)
             image = Image.new("RGB", (self.size_px, self.size_px), (128, 128, 128))
-        return make_view(self.augment, image, self.size_px, rng)
+        return make_view(self.augment, image, self.size_px, rng, index=v)
 
 
 def cached_batches(cache: FeatureCache, sampler: EpochBatches, text_is_states: bool) -> Iterator[Batch]:

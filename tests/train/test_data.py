@@ -99,6 +99,16 @@ def test_views_are_a_function_of_the_seed(kind: str) -> None:
     assert kind == "none" or not torch.equal(v1, v3)
 
 
+def test_mirror_views_are_the_eval_view_or_its_mirror_and_a_cache_holds_both() -> None:
+    img = Image.effect_mandelbrot((96, 80), (-2, -1.2, 1, 1.2), 60).convert("RGB")
+    plain = make_view("none", img, 48, random.Random(0))
+    drawn = [make_view("mirror", img, 48, random.Random(f"s/{k}")) for k in range(20)]
+    assert all(torch.equal(v, plain) or torch.equal(v, plain.flip(-1)) for v in drawn)
+    assert 0 < sum(torch.equal(v, plain) for v in drawn) < 20
+    cached = [make_view("mirror", img, 48, random.Random(0), index=v) for v in range(2)]
+    assert torch.equal(cached[0], plain) and torch.equal(cached[1], plain.flip(-1))
+
+
 def test_epoch_batches_shard_the_global_batch_and_resume_mid_epoch() -> None:
     n, batch, world = 50, 4, 2
     ranks = [list(EpochBatches(n, batch, epoch=3, seed=7, rank=r, world=world)) for r in range(world)]

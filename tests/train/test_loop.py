@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -107,12 +108,13 @@ def test_locked_prefix_trains_only_the_rest_from_a_cache(tmp_path: Path) -> None
     cfg = small(
         "model.image.depth=2", "model.text.depth=2", "lock.image_stages=1", "lock.text_stages=1",
         "lock.cache=true", "lock.cache_views=2", "optim.max_steps=2",
+        f"lock.cache_dir='{tmp_path / 'cache'}'",
     )  # fmt: skip
     trainer = Trainer(cfg, tmp_path)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.run()
     after = trainer.model.state_dict()
-    assert list((tmp_path / "cache").glob("*.pt")), "the cache was not written"
+    assert len(list((tmp_path / "cache").glob("*-images.pt"))) == 1, "the image views were not cached"
     frozen = ["online.image_tower.patch_embed.proj.weight", "online.image_tower.blocks.0.attn.qkv.weight"]
     frozen += [
         "online.text_tower.embeddings.word_embeddings.weight",
@@ -127,6 +129,12 @@ def test_locked_prefix_trains_only_the_rest_from_a_cache(tmp_path: Path) -> None
     # a second run with the same data and lock reads the cache instead of recomputing it
     again = Trainer(cfg, tmp_path)
     assert again.cache is not None and torch.equal(again.cache.images, trainer.cache.images)
+    # a run that locks less of the text shares the image views and caches its own text states
+    other = Trainer(replace(cfg, lock=replace(cfg.lock, text_stages=0)), tmp_path / "other")
+    assert other.cache is not None and torch.equal(other.cache.images, trainer.cache.images)
+    assert len(list((tmp_path / "cache").glob("*-images.pt"))) == 1
+    assert len(list((tmp_path / "cache").glob("*-text.pt"))) == 2
+    assert other.cache.text.dtype == torch.int64  # token ids: no text stage is locked
 
 
 def _free_port() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from train.config import ModelConfig, TextTowerConfig
+from train.config import ImageTowerConfig, ModelConfig, TextTowerConfig
 from train.model import DualEncoder
 from train.model.bert import BertTextTower
 from train.model.efficientnet import LITE0_MEAN, LITE0_STD, EfficientNetLite0
@@ -144,3 +145,61 @@ def test_dual_encoder_outputs_are_normalised_with_masked_text_locals() -> None:
     ]
     scores = model.code_scores(image.global_)
     assert scores.shape == (3, 16) and scores.abs().max() <= 1 + 1e-5
+
+
+def test_bert_concat_layers_carry_tapped_states_through_any_split() -> None:
+    torch.manual_seed(0)
+    cfg = TextTowerConfig(
+        vocab_size=100, width=32, depth=4, heads=4, intermediate=64, dropout=0.0, pooling="mean"
+    )
+    plain = BertTextTower(cfg).eval()
+    tapped = BertTextTower(replace(cfg, concat_layers=(1, 3))).eval()
+    tapped.load_state_dict(plain.state_dict())
+    ids = torch.tensor([[1, 5, 6, 7, 2, 0], [1, 9, 2, 0, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        states, h = [], plain.embed(ids)
+        for n in range(4):  # each layer's states, by hand
+            h = plain.run_stages(h, n, n + 1, mask)
+            states.append(h)
+        want = plain.finish(torch.cat([states[3], states[0], states[2]], -1), mask)
+        whole = tapped(ids, mask)
+        for k in range(5):  # a locked prefix of k stages, then the rest: the same output
+            prefix = tapped.run_stages(tapped.embed(ids), 0, k, mask)
+            split = tapped.finish(tapped.run_stages(prefix, k, 4, mask), mask)
+            assert torch.allclose(split[0], whole[0], atol=1e-6)
+    assert tapped.width == 96 and whole[0].shape == (2, 96) and whole[1].shape == (2, 5, 96)
+    for got, expected in zip(whole, want, strict=True):
+        assert torch.equal(got, expected)
+    with pytest.raises(ValueError, match="concat_layers"):
+        BertTextTower(replace(cfg, concat_layers=(4,)))
+
+
+def test_mirror_average_encodes_the_image_and_its_mirror_in_eval_mode_only() -> None:
+    torch.manual_seed(0)
+    image = ImageTowerConfig(
+        kind="efficientnet_lite0", image_size=64, pretrained="package", mirror_average=True
+    )
+    model = DualEncoder(ModelConfig(image=image, codebook_size=8, queue_size=8, embed_dim=16)).eval()
+    scene = Image.effect_mandelbrot((64, 64), (-2, -1.2, 1, 1.2), 60).convert("RGB")  # not symmetric
+    pixels = torch.stack(
+        [torch.from_numpy(np.asarray(im)).permute(2, 0, 1) / 255.0 for im in (scene, scene.rotate(90))]
+    )
+    tower, head = model.online.image_tower, model.online.image_head
+    x = (pixels - model.pixel_mean) / model.pixel_std
+    with torch.no_grad():
+        fmap = 0.5 * (tower.feature_map(x) + tower.feature_map(x.flip(-1)).flip(-1))  # (2, 1280, 2, 2)
+        pooled, local, _ = tower.finish(fmap)
+        got = model.encode_image(pixels)
+        assert torch.allclose(got.global_, head(pooled), atol=1e-5)
+        assert torch.allclose(got.local, head(local), atol=1e-5)
+        model.lock(10, 0)  # the evaluator's path: a locked prefix of the pair, then the rest
+        prefixed = model.encode_image(model.image_input(pixels), prefixed=True)
+        assert torch.allclose(prefixed.global_, got.global_, atol=1e-5)
+        model.lock(-1, 0)  # BatchNorm stays in eval mode: train mode differs only by the mirror
+        model.train()
+        single = model.encode_image(pixels)
+        assert torch.allclose(single.global_, head(tower(x)[0]), atol=1e-5)
+        assert not torch.allclose(single.global_, got.global_, atol=1e-3)
+    with pytest.raises(ValueError, match="mirror_average"):
+        DualEncoder(ModelConfig(image=ImageTowerConfig(mirror_average=True)))

@@ -5,7 +5,8 @@
   Gaussian blur (σ 0.1-2) p 0.5, then two RandAugment ops at magnitude 7.
 - `light_view`: colour jitter and blur only — geometry kept, for data whose captions describe
   positions (shapes).
-- `eval_view`: plain resize.
+- `eval_view`: plain resize; `mirror_view`: the same, mirrored or not — "mirror" draws it with
+  p 0.5, and a feature cache of "mirror" views holds both (view v is mirrored when v is odd).
 Every random draw comes from the `random.Random` passed in, so a view is a pure function of the
 sample's seed (exact resume, identical DDP ranks).
 """
@@ -121,9 +122,22 @@ def light_view(img: Image.Image, size_px: int, rng: random.Random) -> Image.Imag
     return img
 
 
-def make_view(kind: str, img: Image.Image, size_px: int, rng: random.Random) -> torch.Tensor:
-    """One view (3, H, W) in [0, 1] of `img` by the named recipe."""
-    if kind == "tcl":
+def mirror_view(img: Image.Image, size_px: int, mirrored: bool) -> Image.Image:
+    img = eval_view(img, size_px)
+    return ImageOps.mirror(img) if mirrored else img
+
+
+def make_view(
+    kind: str, img: Image.Image, size_px: int, rng: random.Random, index: int | None = None
+) -> torch.Tensor:
+    """One view (3, H, W) in [0, 1] of `img` by the named recipe.
+
+    `index`: the view's number in a feature cache; "mirror" then mirrors odd views instead of
+    drawing, so that two cached views are the image and its mirror.
+    """
+    if kind == "mirror":
+        out = mirror_view(img, size_px, rng.random() < 0.5 if index is None else index % 2 == 1)
+    elif kind == "tcl":
         out = tcl_view(img, size_px, rng)
     elif kind == "light":
         out = light_view(img, size_px, rng)

@@ -6,6 +6,9 @@ sentence-transformers); with "mean" and the MiniLM weights it reproduces
 `shared/golden/minilm_l6_sentence_embeddings.json` (tests/train/test_towers.py).
 
 Outputs: pooled (B, W), token states except [CLS] as locals (B, L-1, W), their mask (B, L-1).
+With `concat_layers` (taps), the hidden state after a tapped layer carries that layer's states
+along as extra channels — (B, L, W_layer × (1 + taps so far)) — so a locked prefix, a feature cache
+and `finish` all see one tensor; the output width W is W_layer × (1 + len(concat_layers)).
 """
 
 from __future__ import annotations
@@ -123,8 +126,11 @@ class BertTextTower(nn.Module):
             raise ValueError(f"text width {cfg.width} is not a multiple of heads {cfg.heads}")
         if cfg.max_len > max_positions:
             raise ValueError(f"text max_len {cfg.max_len} exceeds {max_positions} positions")
+        taps = cfg.concat_layers
+        if any(not 1 <= n < cfg.depth for n in taps) or len(set(taps)) != len(taps):
+            raise ValueError(f"text concat_layers {taps} must be distinct layers in 1..{cfg.depth - 1}")
         self.cfg = cfg
-        self.width = cfg.width
+        self.width = cfg.width * (1 + len(taps))
         self.embeddings = BertEmbeddings(cfg, max_positions)
         self.encoder = _Encoder(cfg)
         self.apply(_init_weights)
@@ -146,8 +152,13 @@ class BertTextTower(nn.Module):
             return h
         keep = mask[:, None, None, :].to(h.dtype)  # (B, 1, 1, L): 1 = token, 0 = padding
         bias = (1.0 - keep) * torch.finfo(h.dtype).min  # (B, 1, 1, L): 0 or the dtype's min
-        for layer in self.encoder.layer[start:stop]:
-            h = layer(h, bias)
+        w, taps = self.cfg.width, self.cfg.concat_layers
+        for n, layer in enumerate(self.encoder.layer[start:stop], start=start + 1):
+            run = layer(h[..., :w], bias)  # (B, L, w): the running state
+            carried = [h[..., w:]] if any(t < n for t in taps) else []  # earlier tapped layers' states
+            if n in taps:
+                carried.append(run)
+            h = torch.cat([run, *carried], -1) if carried else run  # (B, L, w × (1 + taps so far))
         return h
 
     def finish(

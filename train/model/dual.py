@@ -62,6 +62,8 @@ def resolve_config(cfg: ModelConfig, read_pretrained: bool = True) -> ModelConfi
 
 
 def build_image_tower(cfg: ImageTowerConfig, regions_side: int, load_weights: bool) -> nn.Module:
+    if cfg.mirror_average and cfg.kind != "efficientnet_lite0":
+        raise ValueError(f"image.mirror_average needs a convolutional tower, not {cfg.kind!r}")
     if cfg.kind == "efficientnet_lite0":
         tower = EfficientNetLite0(cfg.image_size, regions_side, cfg.drop_path)
         if load_weights and cfg.pretrained:
@@ -90,12 +92,20 @@ class Towers(nn.Module):
         text_dropout = cfg.head_dropout if cfg.text_head_dropout is None else cfg.text_head_dropout
         self.text_head = ProjectionHead(self.text_tower.width, cfg.embed_dim, text_dropout)
 
-    def encode_image(self, h: torch.Tensor, start: int = 0) -> Encoded:
-        """From normalised pixels (start = 0) or the hidden state after `start` stages."""
+    def encode_image(self, h: torch.Tensor, start: int = 0, mirrored: bool = False) -> Encoded:
+        """From normalised pixels (start = 0) or the hidden state after `start` stages.
+
+        `mirrored`: the batch is [images; their mirrors] (2B, ...); the final feature maps of each
+        pair are averaged, the mirror's flipped back so that regions line up.
+        """
         tower = self.image_tower
         if start == 0:
             h = tower.embed(h)
-        pooled, local, mask = tower.finish(tower.run_stages(h, start, tower.num_stages))  # (B, W), (B, R, W)
+        fmap = tower.run_stages(h, start, tower.num_stages)  # (B or 2B, C, h, w)
+        if mirrored:
+            direct, mirror = fmap.chunk(2)  # (B, C, h, w) each
+            fmap = 0.5 * (direct + mirror.flip(-1))
+        pooled, local, mask = tower.finish(fmap)  # (B, W), (B, R, W)
         return Encoded(self.image_head(pooled), self.image_head(local), mask)
 
     def encode_text(self, h: torch.Tensor, attention_mask: torch.Tensor, start: int = 0) -> Encoded:
@@ -174,7 +184,7 @@ class DualEncoder(nn.Module):
         h = pixels if prefixed else self.image_input(pixels)
         towers = self.momentum if momentum else self.online
         with torch.set_grad_enabled(torch.is_grad_enabled() and not momentum):
-            return towers.encode_image(h, self.image_locked)
+            return towers.encode_image(h, self.image_locked, self.mirrored)
 
     def encode_text(
         self,
@@ -189,8 +199,18 @@ class DualEncoder(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not momentum):
             return towers.encode_text(h, attention_mask, self.text_locked)
 
+    @property
+    def mirrored(self) -> bool:
+        """Whether images are encoded with their mirror (`image.mirror_average`, eval mode only)."""
+        return self.cfg.image.mirror_average and not self.training
+
     def image_input(self, pixels: torch.Tensor) -> torch.Tensor:
-        """What the trainable image stages start from: the locked prefix's states, or normalised pixels."""
+        """What the trainable image stages start from: the locked prefix's states, or normalised pixels.
+
+        Mirrored (eval mode with `image.mirror_average`): of the batch and its mirror, (2B, ...).
+        """
+        if self.mirrored:
+            pixels = torch.cat([pixels, pixels.flip(-1)])  # (2B, 3, H, W)
         if self.image_locked:
             return self.image_prefix(pixels)
         return (pixels - self.pixel_mean.to(pixels.dtype)) / self.pixel_std.to(pixels.dtype)
