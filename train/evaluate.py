@@ -93,12 +93,12 @@ class RetrievalEvaluator:
 
     @torch.no_grad()
     def __call__(self, model: DualEncoder) -> tuple[dict[str, float], RetrievalEmbeddings]:
-        if self._images is None:
-            self._prepare(model)
-        assert self._images is not None and self._texts is not None
         was_training = model.training
-        model.eval()
+        model.eval()  # before preparing too: a mirror-averaged model's inputs differ in eval mode
         try:
+            if self._images is None:
+                self._prepare(model)
+            assert self._images is not None and self._texts is not None
             images = torch.cat(
                 [model.encode_image(x, prefixed=True).global_.float().cpu() for x in self._images]
             )

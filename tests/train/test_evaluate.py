@@ -67,3 +67,32 @@ def test_evaluator_with_locked_prefixes_equals_the_full_forward() -> None:
     assert torch.allclose(full_emb.images, locked_emb.images, atol=1e-6)
     assert torch.allclose(full_emb.captions, locked_emb.captions, atol=1e-6)
     assert full == locked
+
+
+def test_evaluator_of_a_training_mirror_averaged_model_sees_the_eval_mode_encoder() -> None:
+    from dataclasses import replace
+
+    from tests.train.tiny import TINY
+    from train.config import DataConfig, ImageTowerConfig
+    from train.data.augment import eval_view, to_tensor
+    from train.data.datasets import make_source
+    from train.data.tokenizer import TextEncoder, train_tokenizer
+    from train.evaluate import RetrievalEvaluator
+    from train.model import DualEncoder
+
+    source = make_source(DataConfig(source="shapes", shapes_val_images=6, shapes_captions=2), "dev", 64)
+    rset = source.retrieval_set()
+    text = TextEncoder(train_tokenizer(rset.captions, 64), 40)
+    image = ImageTowerConfig(
+        kind="efficientnet_lite0", image_size=64, pretrained="package", mirror_average=True
+    )
+    torch.manual_seed(0)
+    model = DualEncoder(replace(TINY, image=image, text=replace(TINY.text, vocab_size=text.vocab_size)))
+    model.lock(image_stages=-1, text_stages=0)
+    model.train()  # as the loop calls it: mid-training, the prefixes are prepared on the first call
+    _, got = RetrievalEvaluator(rset, source.loader, text, torch.device("cpu"))(model)
+    assert model.training
+    pixels = torch.stack([to_tensor(eval_view(source.loader(r), 64)) for r in rset.images])
+    with torch.no_grad():
+        want = model.eval().encode_image(pixels).global_
+    assert got.images.shape == want.shape and torch.allclose(got.images, want, atol=1e-5)
