@@ -65,10 +65,11 @@ def cache_keys(cfg: TrainConfig, tokenizer_json: str) -> tuple[str, str]:
         "tokenizer": hashlib.sha256(tokenizer_json.encode()).hexdigest(),
         "version": 2,
     }
-    return tuple(  # type: ignore[return-value]
-        hashlib.sha256(json.dumps(p, sort_keys=True).encode()).hexdigest()[:16]
-        for p in (image_parts, text_parts)
-    )
+    return _digest(image_parts), _digest(text_parts)
+
+
+def _digest(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @torch.no_grad()
