@@ -6,7 +6,8 @@ For the tiny shapes bundle and the EfficientNet-lite0 + MiniLM-L6 bundle (export
 1. direct: ONNX Runtime on the bundle's fp32 graphs at batch 32, and at the mean batch size the
    saturated server formed ("at the same batch size"), medians of repeats — items/s;
 2. served: `python -m runtime serve` (max batch 32, max wait 5 ms) at saturation, 64 concurrent
-   clients each sending single-item Embed requests back to back — items/s;
+   clients each sending single-item Embed requests back to back — items/s; for text also with
+   --whole-text-batches (each batch one engine call padded to its longest, no length split);
 3. unbatched: the same server with --max-batch-size 1;
 4. latency: requests paced at half the saturated rate (open loop, evenly spaced) — p50/p99,
    against the bound 2 x (one batch-32 engine call + max wait).
@@ -40,6 +41,7 @@ from runtime.launch import ServerProcess as Server
 from runtime.preprocess import TextTokenizer
 from runtime.proto.tessera.v1 import tessera_pb2 as pb
 from runtime.proto.tessera.v1 import tessera_pb2_grpc as pb_grpc
+from runtime.textsplit import measure_call_tokens, split_by_length
 from train.data.shapes import render, scene
 
 CLIENTS = 64
@@ -70,21 +72,38 @@ def items(bundle: Bundle, modality: str, n: int) -> list[pb.Item]:
     return [pb.Item(pixels=pb.RawImage(width=s, height=s, rgb=p.tobytes())) for p in pics]
 
 
-def direct_batch_s(bundle: Bundle, modality: str, batch: list[pb.Item], repeats: int) -> float:
-    """Median seconds of one ONNX Runtime call on `batch`, inputs prepared as the server does."""
+def direct_batch_s(
+    bundle: Bundle, modality: str, batch: list[pb.Item], repeats: int, split: bool = False
+) -> float:
+    """Median seconds of ONNX Runtime on `batch`, inputs prepared as the server does: one call padded
+    to the longest text, or (`split`) one call per length group as runtime/textsplit.py cuts it."""
     session = ort.InferenceSession(str(bundle.graph_path(modality)), providers=["CPUExecutionProvider"])
     if modality == "text":
         tok = TextTokenizer(bundle, 8192)
-        ids, mask = tok.pad([tok.encode(i.text) for i in batch])
-        feed = {"input_ids": ids, "attention_mask": mask}
+        rows = [tok.encode(i.text) for i in batch]
+        groups = [list(range(len(rows)))]
+        if split:
+
+            def probe(n: int, length: int) -> object:
+                ones = np.ones((n, length), np.int64)  # (n, L)
+                return session.run(None, {"input_ids": ones, "attention_mask": ones})
+
+            groups = split_by_length([len(r) for r in rows], measure_call_tokens(probe, BATCH, tok.max_len))
+        feeds = []
+        for g in groups:
+            ids, mask = tok.pad([rows[i] for i in g])
+            feeds.append({"input_ids": ids, "attention_mask": mask})
     else:
         s = bundle.manifest.image.size_px
-        feed = {"pixels": np.stack([np.frombuffer(i.pixels.rgb, np.uint8).reshape(s, s, 3) for i in batch])}
-    session.run(None, feed)
+        pixels = [np.frombuffer(i.pixels.rgb, np.uint8).reshape(s, s, 3) for i in batch]
+        feeds = [{"pixels": np.stack(pixels)}]  # (B, S, S, 3)
+    for feed in feeds:
+        session.run(None, feed)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        session.run(None, feed)
+        for feed in feeds:
+            session.run(None, feed)
         times.append(time.perf_counter() - t0)
     return median(times)
 
@@ -137,43 +156,54 @@ def bench_bundle(name: str, path: Path, duration_s: float, repeats: int) -> list
     bundle = load_bundle(path)
     rows = []
     batched = Server(path, "--max-batch-size", str(BATCH), "--max-wait-ms", str(MAX_WAIT_MS))
-    unbatched = None
+    results, mean_batch = {}, {}
     try:
         batched.client().close()
-        results, mean_batch = {}, {}
         for modality in ("image", "text"):
             pool = items(bundle, modality, 256)
             batch_s = direct_batch_s(bundle, modality, pool[:BATCH], repeats)
+            split_s = direct_batch_s(bundle, modality, pool[:BATCH], repeats, split=True)
             before = batched.metrics()
             served = asyncio.run(saturate(batched.target, pool, duration_s))
             after = batched.metrics()
             n, s = (f'tessera_batch_size_{x}{{modality="{modality}"}}' for x in ("count", "sum"))
             mean_batch[modality] = (after[s] - before.get(s, 0)) / (after[n] - before.get(n, 0))
             lat = sorted(asyncio.run(paced(batched.target, pool, served / 2, duration_s)))
-            at_mean = max(
-                1, round(mean_batch[modality])
-            )  # direct ONNX Runtime at the batch the server formed
+            at_mean = max(1, round(mean_batch[modality]))  # direct ONNX Runtime at the server's batch
             direct_at_mean = at_mean / direct_batch_s(bundle, modality, pool[:at_mean], repeats)
-            results[modality] = (pool, batch_s, served, lat, direct_at_mean)
+            results[modality] = (pool, batch_s, split_s, served, lat, direct_at_mean)
     finally:
         batched.stop()
-    try:
-        unbatched = Server(path, "--max-batch-size", "1", "--max-wait-ms", "0")
-        unbatched.client().close()
-        for modality, (pool, batch_s, served, lat, direct_at_mean) in results.items():
-            single = asyncio.run(saturate(unbatched.target, pool, duration_s))
-            direct = BATCH / batch_s
-            p50, p99 = 1e3 * lat[len(lat) // 2], 1e3 * lat[int(0.99 * (len(lat) - 1))]
-            bound_ms = 2 * (1e3 * batch_s + MAX_WAIT_MS)
-            unit = "images/s" if modality == "image" else "texts/s"
-            cells = [name, modality, f"{direct:.0f}", f"{direct_at_mean:.0f}", f"{served:.0f}",
-                     f"{served / direct:.0%} / {served / direct_at_mean:.0%}", f"{single:.0f}",
-                     f"{served / single:.1f}x", f"{mean_batch[modality]:.1f}", f"{p50:.1f} / {p99:.1f}",
-                     f"{bound_ms:.1f}", unit]  # fmt: skip
-            rows.append("| " + " | ".join(cells) + " |")
-    finally:
-        if unbatched is not None:
-            unbatched.stop()
+    single: dict[str, float] = {}
+    whole = 0.0
+    unbatched = ("--max-batch-size", "1", "--max-wait-ms", "0")
+    whole_batches = ("--max-batch-size", str(BATCH), "--max-wait-ms", str(MAX_WAIT_MS))
+    whole_batches += ("--whole-text-batches",)
+    for flags in (unbatched, whole_batches):
+        server = Server(path, *flags)
+        try:
+            server.client().close()
+            if flags is whole_batches:
+                whole = asyncio.run(saturate(server.target, results["text"][0], duration_s))
+            else:
+                for modality, r in results.items():
+                    single[modality] = asyncio.run(saturate(server.target, r[0], duration_s))
+        finally:
+            server.stop()
+    for modality, (_, batch_s, split_s, served, lat, direct_at_mean) in results.items():
+        direct = BATCH / batch_s
+        p50, p99 = 1e3 * lat[len(lat) // 2], 1e3 * lat[int(0.99 * (len(lat) - 1))]
+        bound_ms = 2 * (1e3 * batch_s + MAX_WAIT_MS)
+        text = modality == "text"
+        unit = "texts/s" if text else "images/s"
+        cells = [name, modality, f"{direct:.0f}", f"{BATCH / split_s:.0f}" if text else "–",
+                 f"{direct_at_mean:.0f}", f"{served:.0f}", f"{whole:.0f}" if text else "–",
+                 f"{served / direct:.0%} / {served / direct_at_mean:.0%}"
+                 + (f" / {served * split_s / BATCH:.0%}" if text else ""),
+                 f"{single[modality]:.0f}", f"{served / single[modality]:.1f}x",
+                 f"{mean_batch[modality]:.1f}", f"{p50:.1f} / {p99:.1f}", f"{bound_ms:.1f}",
+                 unit]  # fmt: skip
+        rows.append("| " + " | ".join(cells) + " |")
     return rows
 
 
@@ -198,15 +228,17 @@ def main(argv: list[str] | None = None) -> None:
         f"- Server: max batch {BATCH}, max wait {MAX_WAIT_MS:g} ms; {CLIENTS} concurrent clients, one item "
         f"per request; {args.duration_s:g} s per phase. Images as raw pixels at the model's size; texts are "
         "Flickr8k captions.",
-        "- direct: ONNX Runtime at batch 32, and at the mean batch the saturated server formed (medians of "
-        "repeats). served: saturated server. unbatched: "
-        "the same with --max-batch-size 1. p50/p99: requests paced at half the served rate; bound = "
-        "2 x (one batch-32 engine call + max wait).",
+        "- direct: ONNX Runtime at batch 32 padded to the longest text, the same batch split by length "
+        "as the server splits it (runtime/textsplit.py), and at the mean batch the saturated server formed "
+        "(medians of repeats). served: saturated server; whole batches: the same with "
+        "--whole-text-batches (one call per batch). unbatched: --max-batch-size 1. p50/p99: requests "
+        "paced at half the served rate; bound = 2 x (one batch-32 engine call + max wait).",
         "",
-        "| bundle | input | direct items/s, batch 32 | direct items/s, server's mean batch | served items/s "
-        "| served / direct (32 / mean batch) | unbatched items/s "
-        "| batched / unbatched | mean batch | p50 / p99 ms at half load | p99 bound ms | unit |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| bundle | input | direct items/s, batch 32 | direct, batch 32 split by length "
+        "| direct, server's mean batch | served items/s | served, whole batches "
+        "| served / direct (32 / mean batch / split) | unbatched items/s | batched / unbatched "
+        "| mean batch | p50 / p99 ms at half load | p99 bound ms | unit |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         *rows,
     ]
     publish("serve", lines, args.record)

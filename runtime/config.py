@@ -32,6 +32,7 @@ class ServeConfig:
     max_image_pixels: int = 40_000_000  # decoded width*height cap (decompression bombs)
     max_text_chars: int = 8192  # characters per text item
     max_batch_tokens: int = 0  # text token budget per batch (padded), 0 = max_batch_size * max_len
+    whole_text_batches: bool = False  # one engine call per text batch, not split by length (textsplit.py)
     cpu_threads: int = 0  # ONNX Runtime intra-op threads per engine, 0 = its default (all cores)
     cpu_spin: bool = False  # let ONNX Runtime's threads spin-wait (faster alone; steals the event loop's CPU)
     preprocess_threads: int = 4  # image decode / tokenise pool

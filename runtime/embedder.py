@@ -12,6 +12,7 @@ modality's batcher; a bad item fails the request with InvalidInput naming its in
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from runtime.engines import Engine, EngineSet, open_engines
 from runtime.errors import InvalidInput
 from runtime.metrics import Metrics
 from runtime.preprocess import ImageDecoder, TextTokenizer
+from runtime.textsplit import CallCost, split_by_length
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class Embedder:
         self.pool = ThreadPoolExecutor(max_workers=cfg.preprocess_threads, thread_name_prefix="preprocess")
         self.metrics = metrics
         self.engines: EngineSet | None = None
+        self.text_cost: CallCost | None = None  # the text engine's cost per call (None: never split)
         self.image: Batcher[np.ndarray, tuple[np.ndarray, np.ndarray]] | None = None
         self.text: Batcher[np.ndarray, tuple[np.ndarray, np.ndarray]] | None = None
 
@@ -86,6 +89,10 @@ class Embedder:
         engines.image.run({"pixels": np.zeros((b, s, s, 3), dtype=np.uint8)})
         ids = np.zeros((b, self.tokenizer.max_len), dtype=np.int64)  # (B, L)
         engines.text.run({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        if not self.cfg.whole_text_batches:
+            text = engines.text
+            self.text_cost = CallCost(lambda: text.name, _text_probe(text), b, self.tokenizer.max_len)
+            self.text_cost.call_tokens()  # measured now, off the serving path
         self.engines = engines
 
     def start(self) -> None:
@@ -96,7 +103,8 @@ class Embedder:
         self.image = Batcher("image", _image_runner(self.engines.image), **kw,
                              observer=self.metrics.observer("image") if self.metrics else None)  # fmt: skip
         budget = cfg.max_batch_tokens or cfg.max_batch_size * self.tokenizer.max_len
-        self.text = Batcher("text", _text_runner(self.engines.text, self.tokenizer), **kw, cost=len,
+        runner = _text_runner(self.engines.text, self.tokenizer, self.text_cost)
+        self.text = Batcher("text", runner, **kw, cost=len,
                             max_batch_cost=budget,
                             observer=self.metrics.observer("text") if self.metrics else None)  # fmt: skip
         self.image.start()
@@ -190,10 +198,27 @@ def _image_runner(engine: Engine) -> Runner:
     return run
 
 
-def _text_runner(engine: Engine, tokenizer: TextTokenizer) -> Runner:
+def _text_runner(engine: Engine, tokenizer: TextTokenizer, cost: CallCost | None) -> Runner:
+    """One batch of token rows -> one engine call per group of similar lengths (textsplit.py)."""
+
     def run(rows: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        ids, mask = tokenizer.pad(rows)  # (B, L) each, L = the batch's longest
-        emb, scores = engine.run({"input_ids": ids, "attention_mask": mask})  # (B, d), (B, K)
-        return list(zip(emb, scores, strict=True))
+        out: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # row index -> (embedding, code scores)
+        call_tokens = cost.call_tokens() if cost else math.inf
+        for group in split_by_length([len(r) for r in rows], call_tokens):
+            ids, mask = tokenizer.pad([rows[i] for i in group])  # (G, L) each, L = the group's longest
+            emb, scores = engine.run({"input_ids": ids, "attention_mask": mask})  # (G, d), (G, K)
+            for i, e, s in zip(group, emb, scores, strict=True):
+                out[i] = (e, s)
+        return [out[i] for i in range(len(rows))]
+
+    return run
+
+
+def _text_probe(engine: Engine) -> Callable[[int, int], object]:
+    """run(n, length): the engine on n rows of `length` tokens (for measure_call_tokens)."""
+
+    def run(n: int, length: int) -> object:
+        ids = np.ones((n, length), dtype=np.int64)  # (n, L)
+        return engine.run({"input_ids": ids, "attention_mask": np.ones_like(ids)})
 
     return run
