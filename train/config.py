@@ -157,6 +157,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     grad_clip_norm: float = 5.0  # 0 = no clipping
     beta2: float = 0.98
+    ema_decay: float = 0.0  # > 0: evaluate and ship an EMA of the trained weights (train/average.py)
 
 
 @dataclass(frozen=True)

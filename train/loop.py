@@ -3,7 +3,8 @@
 Map:
 - `train(cfg, out_dir, resume)`: builds data, tokenizer, model and optimiser; runs steps of
   forward (online + momentum) -> gathered targets -> objective -> backward -> clipped AdamW step
-  -> EMA -> queue update; logs to `metrics.jsonl`; evaluates and writes `last.pt` / `best.pt`.
+  -> EMA -> queue update; logs to `metrics.jsonl`; evaluates (with the weight average of
+  train/average.py where `optim.ema_decay` > 0) and writes `last.pt` / `best.pt`.
 - `lr_factor`: linear warm-up then cosine decay, a pure function of the step (exact resume).
 - `param_groups`: AdamW groups — no weight decay on biases, norms, τ and the codebook; tower
   parameters at `tower_lr_scale` x lr.
@@ -14,6 +15,7 @@ torch's generator, which the checkpoint stores; so a resumed run repeats an unin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -29,6 +31,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from train.average import WeightAverage
 from train.cache import build_cache, cached_batches
 from train.checkpoint import load_checkpoint, make_payload, save_checkpoint, set_rng_state
 from train.config import TrainConfig
@@ -167,6 +170,9 @@ class Trainer:
             self.metrics = ckpt["metrics"]
             self.best_rsum = ckpt.get("best_rsum", self.metrics.get("rsum", -1.0))
             set_rng_state(ckpt["rng"])
+        self.average = WeightAverage(model, o.ema_decay) if o.ema_decay > 0 else None
+        if self.average is not None and ckpt is not None:
+            self.average.load_state_dict(ckpt["ema"])
         self.ddp = (
             DistributedDataParallel(
                 model, device_ids=[self.ctx.device.index] if self.ctx.device.type == "cuda" else None
@@ -250,6 +256,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.average is not None:
+            self.average.update(model, self.step + 1)
         model.update_momentum()
         model.queue.enqueue(t.image_m, t.text_m, t.ids)
         self.step += 1
@@ -278,6 +286,8 @@ class Trainer:
             self.step, self.step // self.steps_per_epoch, self.metrics,
         )  # fmt: skip
         payload["best_rsum"] = self.best_rsum
+        if self.average is not None:
+            payload["ema"] = self.average.state_dict()
         save_checkpoint(self.out / name, payload)
 
     def log(self, record: dict[str, Any]) -> None:
@@ -288,7 +298,12 @@ class Trainer:
     def eval_and_save(self) -> None:
         if self.ctx.main:
             t0 = time.perf_counter()
-            self.metrics = self.evaluate()
+            averaged = self.average.applied(self.model) if self.average else contextlib.nullcontext()
+            with averaged:  # best.pt holds what was evaluated: the average, where there is one
+                self.metrics = self.evaluate()
+                if self.metrics["rsum"] > self.best_rsum:
+                    self.best_rsum = self.metrics["rsum"]
+                    self.checkpoint("best.pt")
             record = {
                 "type": "eval",
                 "step": self.step,
@@ -297,9 +312,6 @@ class Trainer:
             }
             self.log({**record, "eval_s": round(time.perf_counter() - t0, 2)})
             log.info("eval step %d: %s", self.step, " ".join(f"{k}={v:.2f}" for k, v in self.metrics.items()))
-            if self.metrics["rsum"] > self.best_rsum:
-                self.best_rsum = self.metrics["rsum"]
-                self.checkpoint("best.pt")
             self.checkpoint("last.pt")
         if self.ctx.world > 1:
             dist.barrier()
