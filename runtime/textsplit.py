@@ -5,8 +5,8 @@ run as a few calls over rows of similar length when that costs less than the pad
 The cost of one engine call on (n, L) token ids is modelled as `call + n · L` token-times:
 `call` is the engine's fixed cost per call in units of one token's compute, measured once at start
 (`measure_call_tokens`). On a GPU a batch costs about what one row does, `call` is huge, and
-batches stay whole; on a CPU (MiniLM-L6, 2 cores) it is ~20 tokens and a batch of 32 Flickr8k
-captions is split into 2–4 calls (docs/benchmarks.md).
+batches stay whole; on a CPU (MiniLM-L6, 2 cores) it is ~30 tokens and a batch of 32 Flickr8k
+captions is split into a few calls (docs/benchmarks.md).
 
     groups = split_by_length([12, 30, 11, 13], call_tokens=20.0)   # [[2, 0, 3], [1]]
 """
