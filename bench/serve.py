@@ -41,7 +41,7 @@ from runtime.launch import ServerProcess as Server
 from runtime.preprocess import TextTokenizer
 from runtime.proto.tessera.v1 import tessera_pb2 as pb
 from runtime.proto.tessera.v1 import tessera_pb2_grpc as pb_grpc
-from runtime.textsplit import measure_call_tokens, split_by_length
+from runtime.textsplit import measure_call_tokens, split_by_length, text_probe
 from train.data.shapes import render, scene
 
 CLIENTS = 64
@@ -83,11 +83,7 @@ def direct_batch_s(
         rows = [tok.encode(i.text) for i in batch]
         groups = [list(range(len(rows)))]
         if split:
-
-            def probe(n: int, length: int) -> object:
-                ones = np.ones((n, length), np.int64)  # (n, L)
-                return session.run(None, {"input_ids": ones, "attention_mask": ones})
-
+            probe = text_probe(lambda feeds: session.run(None, feeds))
             groups = split_by_length([len(r) for r in rows], measure_call_tokens(probe, BATCH, tok.max_len))
         feeds = []
         for g in groups:
@@ -155,7 +151,8 @@ async def paced(target: str, pool: list[pb.Item], rate_per_s: float, duration_s:
 def bench_bundle(name: str, path: Path, duration_s: float, repeats: int) -> list[str]:
     bundle = load_bundle(path)
     rows = []
-    batched = Server(path, "--max-batch-size", str(BATCH), "--max-wait-ms", str(MAX_WAIT_MS))
+    batched_flags = ("--max-batch-size", str(BATCH), "--max-wait-ms", str(MAX_WAIT_MS))
+    batched = Server(path, *batched_flags)
     results, mean_batch = {}, {}
     try:
         batched.client().close()
@@ -177,8 +174,7 @@ def bench_bundle(name: str, path: Path, duration_s: float, repeats: int) -> list
     single: dict[str, float] = {}
     whole = 0.0
     unbatched = ("--max-batch-size", "1", "--max-wait-ms", "0")
-    whole_batches = ("--max-batch-size", str(BATCH), "--max-wait-ms", str(MAX_WAIT_MS))
-    whole_batches += ("--whole-text-batches",)
+    whole_batches = (*batched_flags, "--whole-text-batches")
     for flags in (unbatched, whole_batches):
         server = Server(path, *flags)
         try:

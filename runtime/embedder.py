@@ -27,7 +27,7 @@ from runtime.engines import Engine, EngineSet, open_engines
 from runtime.errors import InvalidInput
 from runtime.metrics import Metrics
 from runtime.preprocess import ImageDecoder, TextTokenizer
-from runtime.textsplit import CallCost, split_by_length
+from runtime.textsplit import CallCost, split_by_length, text_probe
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class Embedder:
         engines.text.run({"input_ids": ids, "attention_mask": np.ones_like(ids)})
         if not self.cfg.whole_text_batches:
             text = engines.text
-            self.text_cost = CallCost(lambda: text.name, _text_probe(text), b, self.tokenizer.max_len)
+            self.text_cost = CallCost(lambda: text.name, text_probe(text.run), b, self.tokenizer.max_len)
             self.text_cost.call_tokens()  # measured now, off the serving path
         self.engines = engines
 
@@ -210,15 +210,5 @@ def _text_runner(engine: Engine, tokenizer: TextTokenizer, cost: CallCost | None
             for i, e, s in zip(group, emb, scores, strict=True):
                 out[i] = (e, s)
         return [out[i] for i in range(len(rows))]
-
-    return run
-
-
-def _text_probe(engine: Engine) -> Callable[[int, int], object]:
-    """run(n, length): the engine on n rows of `length` tokens (for measure_call_tokens)."""
-
-    def run(n: int, length: int) -> object:
-        ids = np.ones((n, length), dtype=np.int64)  # (n, L)
-        return engine.run({"input_ids": ids, "attention_mask": np.ones_like(ids)})
 
     return run

@@ -21,6 +21,8 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 
@@ -81,6 +83,16 @@ def measure_call_tokens(
         return math.inf
     token_s = (full_s - one_s) / extra_tokens
     return max(0.0, one_s / token_s - max_len)
+
+
+def text_probe(run_feeds: Callable[[dict[str, np.ndarray]], object]) -> Callable[[int, int], object]:
+    """`run(n, length)` for `measure_call_tokens`: a text engine's feeds of n rows of `length` ids."""
+
+    def run(n: int, length: int) -> object:
+        ids = np.ones((n, length), dtype=np.int64)  # (n, L)
+        return run_feeds({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+
+    return run
 
 
 class CallCost:

@@ -3,8 +3,9 @@
 Map:
 - `train(cfg, out_dir, resume)`: builds data, tokenizer, model and optimiser; runs steps of
   forward (online + momentum) -> gathered targets -> objective -> backward -> clipped AdamW step
-  -> EMA -> queue update; logs to `metrics.jsonl`; evaluates (with the weight average of
-  train/average.py where `optim.ema_decay` > 0) and writes `last.pt` / `best.pt`.
+  -> momentum towers' EMA -> weight average (train/average.py, where `optim.ema_decay` > 0) ->
+  queue update; logs to `metrics.jsonl`; evaluates (with the weight average, where there is one)
+  and writes `last.pt` / `best.pt`.
 - `lr_factor`: linear warm-up then cosine decay, a pure function of the step (exact resume).
 - `param_groups`: AdamW groups — no weight decay on biases, norms, τ and the codebook; tower
   parameters at `tower_lr_scale` x lr.
