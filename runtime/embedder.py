@@ -49,6 +49,7 @@ class Pixels:
 
 Content = Text | EncodedImage | Pixels
 Runner = Callable[[list[np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]
+CallObserver = Callable[[int, int], None]  # (rows, padded length in tokens; 0 for images) per engine call
 
 
 @dataclass(frozen=True)
@@ -100,13 +101,15 @@ class Embedder:
         assert self.engines is not None, "load() first"
         cfg = self.cfg
         kw = dict(max_batch_size=cfg.max_batch_size, max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue)
-        self.image = Batcher("image", _image_runner(self.engines.image), **kw,
-                             observer=self.metrics.observer("image") if self.metrics else None)  # fmt: skip
+        image_obs = self.metrics.observer("image") if self.metrics else None
+        text_obs = self.metrics.observer("text") if self.metrics else None
+        image_runner = _image_runner(self.engines.image, image_obs.engine_call if image_obs else None)
+        self.image = Batcher("image", image_runner, **kw, observer=image_obs)
         budget = cfg.max_batch_tokens or cfg.max_batch_size * self.tokenizer.max_len
-        runner = _text_runner(self.engines.text, self.tokenizer, self.text_cost)
-        self.text = Batcher("text", runner, **kw, cost=len,
-                            max_batch_cost=budget,
-                            observer=self.metrics.observer("text") if self.metrics else None)  # fmt: skip
+        text_runner = _text_runner(
+            self.engines.text, self.tokenizer, self.text_cost, text_obs.engine_call if text_obs else None
+        )
+        self.text = Batcher("text", text_runner, **kw, cost=len, max_batch_cost=budget, observer=text_obs)
         self.image.start()
         self.text.start()
 
@@ -190,15 +193,19 @@ def top_codes(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, np.take_along_axis(scores, ids, axis=1)
 
 
-def _image_runner(engine: Engine) -> Runner:
+def _image_runner(engine: Engine, on_call: CallObserver | None) -> Runner:
     def run(pixels: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         emb, scores = engine.run({"pixels": np.stack(pixels)})  # (B, S, S, 3) -> (B, d), (B, K)
+        if on_call:
+            on_call(len(pixels), 0)
         return list(zip(emb, scores, strict=True))
 
     return run
 
 
-def _text_runner(engine: Engine, tokenizer: TextTokenizer, cost: CallCost | None) -> Runner:
+def _text_runner(
+    engine: Engine, tokenizer: TextTokenizer, cost: CallCost | None, on_call: CallObserver | None
+) -> Runner:
     """One batch of token rows -> one engine call per group of similar lengths (textsplit.py)."""
 
     def run(rows: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -207,6 +214,8 @@ def _text_runner(engine: Engine, tokenizer: TextTokenizer, cost: CallCost | None
         for group in split_by_length([len(r) for r in rows], call_tokens):
             ids, mask = tokenizer.pad([rows[i] for i in group])  # (G, L) each, L = the group's longest
             emb, scores = engine.run({"input_ids": ids, "attention_mask": mask})  # (G, d), (G, K)
+            if on_call:
+                on_call(*ids.shape)
             for i, e, s in zip(group, emb, scores, strict=True):
                 out[i] = (e, s)
         return [out[i] for i in range(len(rows))]

@@ -1,14 +1,16 @@
 """Prometheus metrics (DESIGN.md §6 Operations), on their own registry, served over HTTP by
 `python -m runtime serve --metrics-port N`:
 
-    tessera_requests_total{method, code}                  RPCs by gRPC status
-    tessera_request_seconds{method}                       RPC latency histogram
-    tessera_batch_size{modality}                          items per engine call (histogram)
-    tessera_batch_padded_tokens{modality}                 padded tokens per text batch (histogram)
-    tessera_inference_seconds{modality}                   engine call time (histogram)
-    tessera_inference_items_total{modality}               items that reached the engine
-    tessera_queue_depth{modality}                         items waiting (gauge)
-    tessera_dropped_items_total{modality, reason}         queue_full | deadline | cancelled
+    tessera_requests_total{method, code}          RPCs by gRPC status
+    tessera_request_seconds{method}               RPC latency histogram
+    tessera_batch_size{modality}                  items per batch (histogram)
+    tessera_batch_padded_tokens{modality}         a text batch's tokens, padded to its longest (histogram)
+    tessera_engine_calls_total{modality}          engine calls (a text batch split by length runs several)
+    tessera_engine_tokens_total{modality}         token positions the text engine ran, padding included
+    tessera_inference_seconds{modality}           a batch's engine time, all its calls (histogram)
+    tessera_inference_items_total{modality}       items that reached the engine
+    tessera_queue_depth{modality}                 items waiting (gauge)
+    tessera_dropped_items_total{modality, reason} queue_full | deadline | cancelled
 """
 
 from __future__ import annotations
@@ -32,15 +34,15 @@ class Metrics:
             "tessera_request_seconds", "RPC latency", ["method"], buckets=LATENCY_BUCKETS_S, registry=r
         )
         self.batch_size = Histogram(
-            "tessera_batch_size", "items per engine call", ["modality"], buckets=BATCH_BUCKETS, registry=r
+            "tessera_batch_size", "items per batch", ["modality"], buckets=BATCH_BUCKETS, registry=r
         )
         self.padded_tokens = Histogram(
-            "tessera_batch_padded_tokens", "padded tokens per text batch", ["modality"],
+            "tessera_batch_padded_tokens", "a text batch's tokens, padded to its longest", ["modality"],
             buckets=(16, 64, 256, 1024, 4096, 16384), registry=r,
         )  # fmt: skip
         self.inference = Histogram(
             "tessera_inference_seconds",
-            "engine call time",
+            "a batch's engine time, all its calls",
             ["modality"],
             buckets=LATENCY_BUCKETS_S,
             registry=r,
@@ -48,6 +50,14 @@ class Metrics:
         self.items = Counter(
             "tessera_inference_items", "items that reached the engine", ["modality"], registry=r
         )
+        self.engine_calls = Counter(
+            "tessera_engine_calls", "engine calls (a text batch split by length runs several)",
+            ["modality"], registry=r,
+        )  # fmt: skip
+        self.engine_tokens = Counter(
+            "tessera_engine_tokens", "token positions the text engine ran, padding included",
+            ["modality"], registry=r,
+        )  # fmt: skip
         self.depth_gauge = Gauge("tessera_queue_depth", "items waiting for a batch", ["modality"], registry=r)
         self.dropped_items = Counter(
             "tessera_dropped_items", "items dropped before inference", ["modality", "reason"], registry=r
@@ -74,6 +84,12 @@ class BatcherMetrics:
         self.m.items.labels(self.modality).inc(size)
         if self.modality == "text":
             self.m.padded_tokens.labels(self.modality).observe(padded_cost)
+
+    def engine_call(self, rows: int, length: int) -> None:
+        """One engine call on `rows` items, each padded to `length` tokens (0 for images)."""
+        self.m.engine_calls.labels(self.modality).inc()
+        if length:
+            self.m.engine_tokens.labels(self.modality).inc(rows * length)
 
     def dropped(self, reason: str, n: int) -> None:
         self.m.dropped_items.labels(self.modality, reason).inc(n)

@@ -129,6 +129,18 @@ def test_concurrent_single_item_calls_are_batched(server: Server) -> None:
     items = after[key.format("sum")] - before.get(key.format("sum"), 0)
     assert items == 64
     assert items / batches > 8, f"mean batch {items / batches:.1f}"
+    # a batch runs as one or more engine calls (split by length), never more tokens than padded whole
+    calls = after['tessera_engine_calls_total{modality="text"}'] - before.get(
+        'tessera_engine_calls_total{modality="text"}', 0
+    )
+    tokens = after['tessera_engine_tokens_total{modality="text"}'] - before.get(
+        'tessera_engine_tokens_total{modality="text"}', 0
+    )
+    padded = after['tessera_batch_padded_tokens_sum{modality="text"}'] - before.get(
+        'tessera_batch_padded_tokens_sum{modality="text"}', 0
+    )
+    assert batches <= calls <= items
+    assert 0 < tokens <= padded
 
 
 def test_expired_deadline_costs_no_inference(bundle: Path) -> None:
