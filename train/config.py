@@ -164,6 +164,7 @@ class OptimConfig:
 class LockConfig:
     image_stages: int = 0  # leading image-tower stages frozen; -1 = the whole tower
     text_stages: int = 0  # likewise for the text tower
+    freeze_batchnorm: bool = False  # image BatchNorms of unlocked stages keep their running statistics
     cache: bool = False  # compute locked prefixes once, for `cache_views` fixed views per image
     cache_views: int = 4  # augmented views cached per image; each step draws two of them
     cache_dir: str = ""  # "" = OUT/cache; runs with equal data/tower/lock settings may share one

@@ -148,7 +148,7 @@ class Trainer:
             _load_init(model, start, init)
         cfg = replace(cfg, model=model.cfg)  # resolved shapes: what the checkpoint records
         self.cfg = cfg
-        model.lock(cfg.lock.image_stages, cfg.lock.text_stages)
+        model.lock(cfg.lock.image_stages, cfg.lock.text_stages, cfg.lock.freeze_batchnorm)
         self.objective = AlignmentObjective(cfg.objective, cfg.model.codebook_temp)
         if "code" not in self.objective.terms:
             model.codebook.weight.requires_grad_(False)  # unused: keep DDP's reducer exact

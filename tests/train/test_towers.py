@@ -203,3 +203,24 @@ def test_mirror_average_encodes_the_image_and_its_mirror_in_eval_mode_only() -> 
         assert not torch.allclose(single.global_, got.global_, atol=1e-3)
     with pytest.raises(ValueError, match="mirror_average"):
         DualEncoder(ModelConfig(image=ImageTowerConfig(mirror_average=True)))
+
+
+@pytest.mark.parametrize("freeze_batchnorm", [False, True])
+def test_freeze_batchnorm_keeps_running_statistics_while_the_stage_trains(freeze_batchnorm: bool) -> None:
+    torch.manual_seed(0)
+    image = ImageTowerConfig(kind="efficientnet_lite0", image_size=64, pretrained="package")
+    model = DualEncoder(ModelConfig(image=image, codebook_size=8, queue_size=8, embed_dim=16))
+    model.lock(16, -1, freeze_batchnorm=freeze_batchnorm)  # the head conv and its BatchNorm train
+    model.train()
+    tower = model.online.image_tower
+    bn, conv = tower._bn1, tower._conv_head
+    stats, weight, gamma = bn.running_mean.clone(), conv.weight.clone(), bn.weight.clone()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    pixels = torch.rand(4, 3, 64, 64)  # (B, 3, H, W)
+    target = torch.randn(4, 16)  # (B, d): any loss that moves the unit-norm embeddings
+    (model.encode_image(model.image_input(pixels), prefixed=True).global_ * target).sum().backward()
+    opt.step()
+    assert bn.training is not freeze_batchnorm
+    assert torch.equal(bn.running_mean, stats) is freeze_batchnorm
+    assert not torch.equal(conv.weight, weight) and not torch.equal(bn.weight, gamma)  # both train
+    assert not tower._blocks[-1].training  # a locked stage stays in eval mode either way

@@ -140,11 +140,14 @@ class DualEncoder(nn.Module):
         self.text_locked = 0
         self._frozen: list[nn.Module] = []
 
-    def lock(self, image_stages: int, text_stages: int) -> None:
+    def lock(self, image_stages: int, text_stages: int, freeze_batchnorm: bool = False) -> None:
         """Freezes the first stages of each tower (-1 = all); they stay in eval mode for good.
 
         The momentum twin's copies of locked stages equal the online ones, so a locked prefix is
         computed once per step (`image_prefix` / `text_prefix`) and shared by both.
+        `freeze_batchnorm`: the image towers' BatchNorm layers in unlocked stages stay in eval mode
+        too — normalising with their pretrained running statistics, which they no longer update —
+        while their scale and shift still train (fine-tuning a CNN on data unlike its pretraining).
         """
         self.image_locked = resolve_locked(self.online.image_tower, image_stages)
         self.text_locked = resolve_locked(self.online.text_tower, text_stages)
@@ -152,6 +155,11 @@ class DualEncoder(nn.Module):
         self._frozen += freeze(self.online.text_tower, self.text_locked)
         self._frozen += freeze(self.momentum.image_tower, self.image_locked)
         self._frozen += freeze(self.momentum.text_tower, self.text_locked)
+        if freeze_batchnorm:
+            towers = (self.online.image_tower, self.momentum.image_tower)
+            self._frozen += [
+                m for t in towers for m in t.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            ]
         self.train(self.training)
 
     def train(self, mode: bool = True) -> DualEncoder:
