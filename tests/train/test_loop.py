@@ -15,7 +15,7 @@ import torch
 import torch.multiprocessing as mp
 
 from train.checkpoint import load_model
-from train.config import TrainConfig, load_train_config
+from train.config import CONFIG_DIR, TrainConfig, load_train_config
 from train.loop import Trainer, lr_factor, train
 
 SMALL = [
@@ -198,3 +198,15 @@ def test_cli_names_bad_configs_and_refuses_to_overwrite_a_run(tmp_path: Path) ->
     (tmp_path / "c" / "last.pt").write_bytes(b"")
     taken = cli("--config", "tiny-shapes", "--out", str(tmp_path / "c"))
     assert taken.returncode == 2 and "already holds a run; pass --resume" in taken.stderr
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
+def test_every_shipped_config_loads_and_builds_its_lock(name: str) -> None:
+    cfg = load_train_config(name)  # unknown keys and wrong types raise ConfigError
+    assert cfg.lock.image_stages >= -1 and cfg.lock.text_stages >= -1
+    if cfg.lock.cache:
+        assert cfg.lock.image_stages != 0, "a cache needs a locked image prefix"
+    if name == "flickr8k-ft":  # the second stage starts from the first's checkpoint: the same model
+        first = load_train_config("flickr8k-locked").model  # but for dropout in the layers it trains
+        assert replace(cfg.model.text, dropout=first.text.dropout) == first.text
+        assert replace(cfg.model, text=first.text) == first
