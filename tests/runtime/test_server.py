@@ -124,23 +124,18 @@ def test_concurrent_single_item_calls_are_batched(server: Server) -> None:
     replies = asyncio.run(burst())
     assert len(replies) == 64 and all(len(r.embeddings) == 1 for r in replies)
     after = server.metrics()
-    key = 'tessera_batch_size_{}{{modality="text"}}'
-    batches = after[key.format("count")] - before.get(key.format("count"), 0)
-    items = after[key.format("sum")] - before.get(key.format("sum"), 0)
+
+    def grew(name: str) -> float:
+        key = f'{name}{{modality="text"}}'
+        return after[key] - before.get(key, 0)
+
+    batches, items = grew("tessera_batch_size_count"), grew("tessera_batch_size_sum")
     assert items == 64
     assert items / batches > 8, f"mean batch {items / batches:.1f}"
     # a batch runs as one or more engine calls (split by length), never more tokens than padded whole
-    calls = after['tessera_engine_calls_total{modality="text"}'] - before.get(
-        'tessera_engine_calls_total{modality="text"}', 0
-    )
-    tokens = after['tessera_engine_tokens_total{modality="text"}'] - before.get(
-        'tessera_engine_tokens_total{modality="text"}', 0
-    )
-    padded = after['tessera_batch_padded_tokens_sum{modality="text"}'] - before.get(
-        'tessera_batch_padded_tokens_sum{modality="text"}', 0
-    )
+    calls, tokens = grew("tessera_engine_calls_total"), grew("tessera_engine_tokens_total")
     assert batches <= calls <= items
-    assert 0 < tokens <= padded
+    assert 0 < tokens <= grew("tessera_batch_padded_tokens_sum")
 
 
 def test_expired_deadline_costs_no_inference(bundle: Path) -> None:
