@@ -104,6 +104,8 @@ class Batcher(Generic[T, R]):
         self.pending += len(entries)
         self._depth()
         self.wakeup.set()
+        if len(entries) == 1:  # most requests: no gather (cancelling the caller cancels the future)
+            return [await entries[0].future]
         outcomes = await asyncio.gather(*(e.future for e in entries), return_exceptions=True)
         for outcome in outcomes:  # every future is retrieved, the first error is raised
             if isinstance(outcome, BaseException):

@@ -146,8 +146,8 @@ class Embedder:
                 results[i] = r
         done = [r for r in results if r is not None]
         return Embedded(
-            embeddings=np.stack([r.value[0] for r in done]),  # (N, d)
-            code_scores=np.stack([r.value[1] for r in done]),  # (N, K)
+            embeddings=_rows([r.value[0] for r in done]),  # (N, d)
+            code_scores=_rows([r.value[1] for r in done]),  # (N, K)
             queue_ms=max(r.queue_ms for r in done),
             preprocess_ms=preprocess_ms,
             inference_ms=max(r.inference_ms for r in done),
@@ -184,6 +184,11 @@ class Embedder:
     def engine_info(self) -> list[tuple[str, Engine]]:
         assert self.engines is not None
         return [("image", self.engines.image), ("text", self.engines.text)]
+
+
+def _rows(rows: list[np.ndarray]) -> np.ndarray:
+    """N rows -> (N, ...); one row (most requests) as a view, np.stack's ~10 µs saved."""
+    return rows[0][np.newaxis] if len(rows) == 1 else np.stack(rows)
 
 
 def top_codes(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

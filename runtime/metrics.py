@@ -63,6 +63,17 @@ class Metrics:
             "tessera_dropped_items", "items dropped before inference", ["modality", "reason"], registry=r
         )
 
+        self._rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}  # labels() costs a lock and a dict
+
+    def rpc_done(self, method: str, code: str, seconds: float) -> None:
+        """One finished RPC: counted by method and status, its latency observed."""
+        children = self._rpc_children.get((method, code))
+        if children is None:
+            children = self.requests.labels(method, code), self.latency.labels(method)
+            self._rpc_children[(method, code)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
     def observer(self, modality: str) -> BatcherMetrics:
         return BatcherMetrics(self, modality)
 
@@ -77,25 +88,33 @@ class BatcherMetrics:
 
     def __init__(self, metrics: Metrics, modality: str) -> None:
         self.m, self.modality = metrics, modality
+        self.text = modality == "text"
+        self.batch_size = metrics.batch_size.labels(modality)  # the children, bound once
+        self.inference = metrics.inference.labels(modality)
+        self.items = metrics.items.labels(modality)
+        self.padded_tokens = metrics.padded_tokens.labels(modality)
+        self.engine_calls = metrics.engine_calls.labels(modality)
+        self.engine_tokens = metrics.engine_tokens.labels(modality)
+        self.depth_gauge = metrics.depth_gauge.labels(modality)
 
     def batch(self, size: int, padded_cost: int, inference_s: float) -> None:
-        self.m.batch_size.labels(self.modality).observe(size)
-        self.m.inference.labels(self.modality).observe(inference_s)
-        self.m.items.labels(self.modality).inc(size)
-        if self.modality == "text":
-            self.m.padded_tokens.labels(self.modality).observe(padded_cost)
+        self.batch_size.observe(size)
+        self.inference.observe(inference_s)
+        self.items.inc(size)
+        if self.text:
+            self.padded_tokens.observe(padded_cost)
 
     def engine_call(self, rows: int, length: int) -> None:
         """One engine call on `rows` items, each padded to `length` tokens (0 for images)."""
-        self.m.engine_calls.labels(self.modality).inc()
+        self.engine_calls.inc()
         if length:
-            self.m.engine_tokens.labels(self.modality).inc(rows * length)
+            self.engine_tokens.inc(rows * length)
 
     def dropped(self, reason: str, n: int) -> None:
         self.m.dropped_items.labels(self.modality, reason).inc(n)
 
     def depth(self, n: int) -> None:
-        self.m.depth_gauge.labels(self.modality).set(n)
+        self.depth_gauge.set(n)
 
 
 def parse_metrics(text: str) -> dict[str, float]:

@@ -70,8 +70,7 @@ def rpc(method: Callable[..., Awaitable[Msg]]) -> Callable[..., Awaitable[Msg]]:
             log.exception("%s failed", name)
             await context.abort(code, f"internal error in {name}: {type(e).__name__}")
         finally:
-            self.metrics.requests.labels(name, code.name).inc()
-            self.metrics.latency.labels(name).observe(time.perf_counter() - t0)
+            self.metrics.rpc_done(name, code.name, time.perf_counter() - t0)
         raise AssertionError("unreachable: abort raises")
 
     return handler

@@ -92,8 +92,7 @@ class Servicer(SearchRpcs, pb_grpc.TesseraServicer):
                 pending = window.get_nowait()
                 if pending is not None:
                     pending[1].cancel()
-            self.metrics.requests.labels("EmbedStream", code.name).inc()
-            self.metrics.latency.labels("EmbedStream").observe(time.perf_counter() - t0)
+            self.metrics.rpc_done("EmbedStream", code.name, time.perf_counter() - t0)
 
     @rpc
     async def Lookup(self, request: pb.LookupRequest, context: grpc.aio.ServicerContext) -> pb.LookupResponse:
