@@ -14,6 +14,9 @@ from pathlib import Path
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 CAPTIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k" / "captions.jsonl"
+# The EfficientNet-lite0 + MiniLM-L6 model the benchmarks time: the shipped recipe's second stage,
+# where the README's commands put it (absent: a fresh model of the same config, see bench/export.py)
+EDGE_CHECKPOINT = Path("runs/flickr8k-ft/best.pt")
 
 
 def captions(n: int, fallback: list[str]) -> list[str]:

@@ -1,17 +1,17 @@
 """Benchmark: export wall time, and ONNX Runtime CPU throughput of fp32 vs int8 graphs.
 
 For each model — the tiny shapes model and EfficientNet-lite0 + MiniLM-L6 — a trained checkpoint
-(`--tiny`, `--edge`; defaults: the runs of `python -m train --config tiny-shapes` and
-`--config flickr8k`) is exported with --int8 and timed; where a checkpoint is missing, one is made
-from the config (pretrained towers, untrained heads). Then the fp32 and int8 graphs run
-alternately on the same inputs (images/s, texts/s at batch 1 and 32, medians of interleaved
-repeats; texts are Flickr8k captions) and the cosine between their embeddings is taken. The
-graphs run in the server's own engine (`runtime.engines.OnnxRuntimeEngine`), whose idle ONNX
+(`--tiny`, `--edge`; defaults: the runs of `python -m train --config tiny-shapes` and `--config
+flickr8k-ft` where the README puts them) is exported with --int8 and timed; where a checkpoint is
+missing, one is made from the config (pretrained towers, untrained heads). Then the fp32 and int8
+graphs run alternately on the same inputs (images/s, texts/s at batch 1 and 32, medians of
+interleaved repeats; texts are Flickr8k captions) and the cosine between their embeddings is taken.
+The graphs run in the server's own engine (`runtime.engines.OnnxRuntimeEngine`), whose idle ONNX
 Runtime workers sleep: with spinning workers (ONNX Runtime's default), the session that ran last
 keeps spinning on the cores while the other runs, and on 2 cores that slowed the interleaved runs
 unequally (docs/decisions.md §5).
 
-    python -m bench.export [--tiny runs/tiny-shapes/best.pt] [--edge runs/f8k-tessera/best.pt] [--record]
+    python -m bench.export [--tiny runs/tiny-shapes/best.pt] [--edge runs/flickr8k-ft/best.pt] [--record]
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import captions, machine, median, publish
+from bench.common import EDGE_CHECKPOINT, captions, machine, median, publish
 from export.parity import SENTENCES, compare
 from export.pipeline import Exporter, ExportOptions
 from runtime.bundle import load_bundle
 from runtime.engines import OnnxRuntimeEngine
 from train.checkpoint import make_payload, save_checkpoint
-from train.config import ImageTowerConfig, ModelConfig, TextTowerConfig, TrainConfig, load_train_config
+from train.config import TrainConfig, load_train_config
 from train.data.shapes import render, scene
 from train.data.tokenizer import TextEncoder, load_tokenizer
 from train.model import DualEncoder
@@ -50,14 +50,8 @@ def fresh_checkpoint(name: str, path: Path) -> None:
     if name == "tiny":  # the tiny-shapes shapes, with the MiniLM vocabulary
         tiny = load_train_config("tiny-shapes").model
         cfg = TrainConfig(model=replace(tiny, text=replace(tiny.text, vocab_size=30522)))
-    else:
-        cfg = TrainConfig(
-            model=ModelConfig(
-                image=ImageTowerConfig(kind="efficientnet_lite0", image_size=224, pretrained="package"),
-                text=TextTowerConfig(pretrained="minilm-l6", pooling="mean", max_len=32),
-                codebook_size=256,
-            )
-        )
+    else:  # the shipped Flickr8k recipe's model: pretrained towers, untrained heads
+        cfg = TrainConfig(model=load_train_config("flickr8k-ft").model)
     torch.manual_seed(0)
     model = DualEncoder(cfg.model)
     cfg = TrainConfig(model=model.cfg)
@@ -137,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--tiny", type=Path, default=Path("runs/tiny-shapes/best.pt"))
-    parser.add_argument("--edge", type=Path, default=Path("runs/f8k-tessera/best.pt"))
+    parser.add_argument("--edge", type=Path, default=EDGE_CHECKPOINT)
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args(argv)
     rows, summaries = [], []

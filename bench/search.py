@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from bench.common import machine, publish
+from bench.common import EDGE_CHECKPOINT, machine, publish
 from bench.serve import CAPTIONS, ensure_bundle
 from runtime.bundle import Bundle, load_bundle
 from runtime.index.base import CollectionSpec
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--edge", type=Path, default=Path("runs/f8k-tessera/best.pt"))
+    parser.add_argument("--edge", type=Path, default=EDGE_CHECKPOINT)
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args(argv)
     bundle = load_bundle(ensure_bundle("efficientnet-minilm", args.edge))

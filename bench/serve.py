@@ -47,10 +47,10 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 
-from bench.common import captions, machine, median, publish
+from bench.common import EDGE_CHECKPOINT, captions, machine, median, publish
 from bench.export import fresh_checkpoint
 from export.parity import SENTENCES
-from runtime.bundle import Bundle, load_bundle
+from runtime.bundle import Bundle, load_bundle, sha256_file
 from runtime.config import ServeConfig
 from runtime.embedder import Embedder
 from runtime.engines import EngineSet
@@ -70,17 +70,21 @@ MAX_WAIT_MS = 5.0
 
 
 def ensure_bundle(name: str, checkpoint: Path) -> Path:
+    """runs/bench/bundle-NAME exported from `checkpoint` (a fresh model of the same towers where the
+    file is absent); reused only while it was exported from that very checkpoint."""
     from export.pipeline import Exporter, ExportOptions
 
     out = Path("runs/bench") / f"bundle-{name}"
     if (out / "manifest.json").is_file():
-        return out
+        made_from = load_bundle(out).manifest.provenance.get("checkpoint_sha256")
+        if not checkpoint.is_file() or made_from == sha256_file(checkpoint):
+            return out
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = checkpoint
         if not checkpoint.is_file():
             ckpt = Path(tmp) / "model.pt"
             fresh_checkpoint(name, ckpt)
-        Exporter(ExportOptions(ckpt, out, max_batch=BATCH), lambda _: None).run()
+        Exporter(ExportOptions(ckpt, out, max_batch=BATCH, force=True), lambda _: None).run()
     return out
 
 
@@ -405,13 +409,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=4, help="the saturation phases cut into rounds")
     parser.add_argument("--repeats", type=int, default=5, help="direct ONNX Runtime calls timed per round")
     parser.add_argument("--tiny", type=Path, default=Path("runs/tiny-shapes/best.pt"))
-    parser.add_argument("--edge", type=Path, default=Path("runs/f8k-tessera/best.pt"))
+    parser.add_argument("--edge", type=Path, default=EDGE_CHECKPOINT)
     parser.add_argument("--only", choices=("tiny", "efficientnet-minilm"), default=None)
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args(argv)
-    rows, cpu_rows = [], []
+    rows, cpu_rows, sources = [], [], []
     for name, ckpt in (("tiny", args.tiny), ("efficientnet-minilm", args.edge)):
         if args.only in (None, name):
+            sources.append(
+                f"{name} `{ckpt}`" + ("" if ckpt.is_file() else " (absent: a fresh model of its config)")
+            )
             bundle_rows, bundle_cpu_rows = bench_bundle(
                 name, ensure_bundle(name, ckpt), args.duration_s, args.rounds, args.repeats
             )
@@ -420,6 +427,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"- Command: `python -m bench.serve {' '.join(sys.argv[1:])}`",
         f"- Machine: {machine()}; server and load generator share it; ONNX Runtime CPU, fp32, all cores",
+        f"- Checkpoints: {', '.join(sources)}",
         f"- Server: max batch {BATCH}, max wait {MAX_WAIT_MS:g} ms; {CLIENTS} concurrent clients, one item "
         f"per request. Images as raw pixels at the model's size; texts are Flickr8k captions.",
         f"- Side by side: the batched, unbatched and whole-batch servers and the gRPC floor run at once; "

@@ -340,7 +340,10 @@ class Trainer:
             for batch, prefixed in self.batches(epoch, start):
                 record = self.train_step(batch, prefixed)
                 elapsed, t0 = time.perf_counter() - t0, time.perf_counter()
+                record["step_s"] = elapsed  # data wait included: what a run really costs per step
                 record["samples_per_s"] = global_batch / elapsed
+                if self.ctx.device.type == "cuda":
+                    record["cuda_peak_gib"] = torch.cuda.max_memory_allocated(self.ctx.device) / 2**30
                 bar.update(1)
                 bar.set_postfix(
                     loss=f"{record['loss']:.3f}",

@@ -88,6 +88,16 @@ def test_checkpoint_describes_itself(tmp_path: Path) -> None:
     assert model.encode_image(pixels).global_.shape == (2, 16)
 
 
+def test_each_logged_step_carries_its_time_and_rate(tmp_path: Path) -> None:
+    train(small("optim.max_steps=2"), tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["type"] == "train"]
+    assert [r["step"] for r in steps] == [1, 2]
+    for r in steps:  # batch 8 on one process
+        assert r["step_s"] > 0 and r["samples_per_s"] == pytest.approx(8 / r["step_s"])
+        assert "cuda_peak_gib" not in r  # only where the run is on CUDA
+
+
 def test_init_starts_a_new_run_from_another_runs_weights(tmp_path: Path) -> None:
     """`--init`: weights and tokenizer come from the checkpoint; step, optimiser and config are new."""
     first = tmp_path / "first"
