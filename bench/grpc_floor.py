@@ -43,12 +43,12 @@ async def serve(dim: int) -> None:
     await server.wait_for_termination()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--dim", type=int, default=256, help="embedding dimension of the canned vector")
-    asyncio.run(serve(parser.parse_args().dim))
+    asyncio.run(serve(parser.parse_args(argv).dim))
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from bench.common import EDGE_CHECKPOINT, machine, publish
-from bench.serve import CAPTIONS, ensure_bundle
+from bench.common import CAPTIONS, EDGE_CHECKPOINT, machine, publish
+from bench.serve import ensure_bundle
 from runtime.bundle import Bundle, load_bundle
 from runtime.index.base import CollectionSpec
 from runtime.index.builtin import BuiltinCollection
