@@ -155,8 +155,9 @@ class Trainer:
         self.model = model.to(self.ctx.device)
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(
-            param_groups(model, o.lr, o.weight_decay, o.tower_lr_scale), lr=o.lr, betas=(0.9, o.beta2)
-        )
+            param_groups(model, o.lr, o.weight_decay, o.tower_lr_scale), lr=o.lr, betas=(0.9, o.beta2),
+            fused=self.ctx.device.type in ("cpu", "cuda"),  # one kernel over all tensors (decisions §4)
+        )  # fmt: skip
         for g in self.optimizer.param_groups:
             g["base_lr"] = g["lr"]
         self.steps_per_epoch = EpochBatches.per_epoch(
