@@ -16,7 +16,7 @@ where absent, a fresh model of the flickr8k-ft config: same shapes and cost, unt
 from __future__ import annotations
 
 import argparse
-import statistics
+import functools
 import sys
 import tempfile
 import time
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from bench.common import EDGE_CHECKPOINT, captions, machine, publish
+from bench.common import EDGE_CHECKPOINT, captions, machine, median, publish
 from bench.export import fresh_checkpoint
 from export.onnx import ImageGraph, TextGraph
 from export.parity import SENTENCES
@@ -49,7 +49,7 @@ def time_call(call: Callable[[], object], device: torch.device, repeats: int) ->
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median(times)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,15 +88,11 @@ def main(argv: list[str] | None = None) -> None:
         pixels = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, generator=generator)
         pixels = pixels.to(device)  # (B, S, S, 3) uint8
         ids, mask = (t.to(device) for t in tokenizer.encode(pool[:batch]))  # (B, L) each
-        for name, call in (("image", lambda p=pixels: image(p)), ("text", lambda i=ids, m=mask: text(i, m))):
-
-            def run(call: Callable[[], object] = call) -> object:
-                with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype_name != "fp32"):
-                    return call()
-
+        for name, graph, inputs in (("image", image, (pixels,)), ("text", text, (ids, mask))):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            seconds = time_call(run, device, args.repeats)
+            with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype_name != "fp32"):
+                seconds = time_call(functools.partial(graph, *inputs), device, args.repeats)
             peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f}" if device.type == "cuda" else "–"
             unit = "images/s" if name == "image" else "texts/s"
             rows.append(
