@@ -12,6 +12,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from runtime.cpu import cpu_isa
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 CAPTIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k" / "captions.jsonl"
 # The EfficientNet-lite0 + MiniLM-L6 model the benchmarks time: the shipped recipe's second stage,
@@ -28,15 +30,9 @@ def captions(n: int, fallback: list[str]) -> list[str]:
 
 
 def machine() -> str:
-    """One line: CPU model, cores, memory, Python and key library versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """One line: the CPU with its int8 path (runtime/cpu.py: int8 numerics and speed depend on it),
+    cores, memory, Python and key library versions."""
+    cpu = str(cpu_isa())
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     libs = []
     for name in ("torch", "onnxruntime", "numpy"):

@@ -11,6 +11,11 @@ Runtime workers sleep: with spinning workers (ONNX Runtime's default), the sessi
 keeps spinning on the cores while the other runs, and on 2 cores that slowed the interleaved runs
 unequally (docs/decisions.md §5).
 
+A second table rebuilds each text graph under the int8 weight schemes ONNX Runtime offers
+(`export.quantize.WEIGHTS`, with the export's own attention fusion and outlier split) and times
+them side by side with fp32 on this CPU: int8 speed and accuracy depend on the instruction set, so
+the machine line names it (docs/decisions.md §5 reads the table per ISA).
+
     python -m bench.export [--tiny runs/tiny-shapes/best.pt] [--edge runs/flickr8k-ft/best.pt] [--record]
 """
 
@@ -22,14 +27,16 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from bench.common import EDGE_CHECKPOINT, captions, machine, median, publish
-from export.parity import SENTENCES, compare
+from export.parity import SENTENCES, compare, text_inputs
 from export.pipeline import Exporter, ExportOptions
-from runtime.bundle import load_bundle
+from export.quantize import AttentionShape, quantize_graph
+from runtime.bundle import Bundle, load_bundle
 from runtime.engines import OnnxRuntimeEngine
 from train.checkpoint import make_payload, save_checkpoint
 from train.config import TrainConfig, load_train_config
@@ -39,6 +46,31 @@ from train.model import DualEncoder
 
 BATCH = 32
 SINGLES = 16  # batch 1 is timed over this many different items, one call each
+SCHEMES = [  # (row label, export.quantize.WEIGHTS key, ONNX Runtime session config entries)
+    ("s8, 7-bit weights (shipped)", "s8-7bit", {}),
+    ("s8, 8-bit weights", "s8-8bit", {}),
+    ("s8, 8-bit weights + session.x64quantprecision", "s8-8bit", {"session.x64quantprecision": "1"}),
+    ("u8, 8-bit weights", "u8-8bit", {}),
+]
+
+
+class Session:
+    """A graph file in a session set up as the server's engine is (all cores, idle workers sleep),
+    plus any session config entries a scheme needs."""
+
+    def __init__(self, path: Path, disabled: list[str], config: dict[str, str]) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        for key, value in {"session.intra_op.allow_spinning": "0", **config}.items():
+            options.add_session_config_entry(key, value)
+        self.session = ort.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
+        )
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, feeds)
 
 
 def text_feed(text: TextEncoder, batch: list[str]) -> dict[str, np.ndarray]:
@@ -77,11 +109,40 @@ def throughput(
     return {k: items / median(v) for k, v in times.items()}
 
 
-def min_cosine(engines: dict[str, OnnxRuntimeEngine], feeds: list[dict[str, np.ndarray]]) -> float:
-    return min(compare(engines["int8"].run(f)[0], engines["fp32"].run(f)[0]).min_cosine for f in feeds)
+def min_cosine(engines: dict[str, Any], feeds: list[dict[str, np.ndarray]], key: str = "int8") -> float:
+    return min(compare(engines[key].run(f)[0], engines["fp32"].run(f)[0]).min_cosine for f in feeds)
 
 
-def bench_model(name: str, repeats: int, checkpoint: Path | None) -> tuple[list[str], str]:
+def scheme_rows(name: str, bundle: Bundle, text: TextEncoder, texts: list[str], repeats: int) -> list[str]:
+    """The text graph under every int8 scheme and fp32, interleaved: int8 / fp32 at batch 1 and
+    BATCH, and the min cosine to fp32 over both."""
+    t = bundle.manifest.provenance["training_config"]["model"]["text"]
+    calibration = [  # what the export calibrates the outlier split on
+        {"input_ids": ids, "attention_mask": mask}
+        for what, ids, mask in text_inputs(text, t["vocab_size"], BATCH)
+        if not what.startswith("random")
+    ]
+    shape = AttentionShape(t["heads"], t["width"], t["depth"])
+    engines: dict[str, Any] = {"fp32": Session(bundle.graph_path("text"), [], {})}
+    with tempfile.TemporaryDirectory() as tmp:  # sessions hold their graphs in memory once made
+        built: dict[str, tuple[Path, list[str]]] = {}  # weights -> (int8 graph, disabled optimisers)
+        for weights in dict.fromkeys(w for _, w, _ in SCHEMES):
+            path = Path(tmp) / f"{weights}.onnx"
+            notes = quantize_graph(bundle.graph_path("text"), path, shape, calibration, weights)
+            built[weights] = path, notes["disabled_optimizers"]
+        for label, weights, config in SCHEMES:
+            engines[label] = Session(*built[weights], config)
+    singles = [text_feed(text, [x]) for x in texts[:SINGLES]]
+    batch = [text_feed(text, texts[:BATCH])]
+    rate_1, rate_b = throughput(engines, singles, repeats), throughput(engines, batch, repeats)
+    return [
+        f"| {name} | {label} | {rate_1[label] / rate_1['fp32']:.2f}x | "
+        f"{rate_b[label] / rate_b['fp32']:.2f}x | {min_cosine(engines, singles + batch, label):.4f} |"
+        for label, _, _ in SCHEMES
+    ]
+
+
+def bench_model(name: str, repeats: int, checkpoint: Path | None) -> tuple[list[str], str, list[str]]:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = checkpoint or Path(tmp) / "model.pt"
         if checkpoint is None:
@@ -122,7 +183,7 @@ def bench_model(name: str, repeats: int, checkpoint: Path | None) -> tuple[list[
             f"| {name} | {export_s:.1f} | {mb['image']:.1f} / {mb['image_int8']:.1f} | "
             f"{mb['text']:.1f} / {mb['text_int8']:.1f} |"
         )
-        return rows, summary
+        return rows, summary, scheme_rows(name, bundle, text, texts, repeats)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,16 +195,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--edge", type=Path, default=EDGE_CHECKPOINT)
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args(argv)
-    rows, summaries = [], []
+    rows, summaries, schemes, timed = [], [], [], []
     for name, ckpt in (("tiny", args.tiny), ("efficientnet-minilm", args.edge)):
-        r, summary = bench_model(name, args.repeats, ckpt if ckpt.is_file() else None)
+        r, summary, scheme = bench_model(name, args.repeats, ckpt if ckpt.is_file() else None)
         rows += r
         summaries.append(summary)
+        schemes += scheme
+        timed.append(
+            f"{name} `{ckpt}`" if ckpt.is_file() else f"{name}: a fresh model of its config ({ckpt} absent)"
+        )
     lines = [
         f"- Command: `python -m bench.export {' '.join(sys.argv[1:])}`",
         f"- Machine: {machine()}; `runtime.engines.OnnxRuntimeEngine` as served: CPU provider, all "
         "cores, idle workers sleep (`--cpu-spin` off)",
-        f"- Checkpoints: tiny `{args.tiny}`, efficientnet-minilm `{args.edge}` (docs/results.md)",
+        f"- Checkpoints: {'; '.join(timed)} (docs/results.md)",
         f"- Medians of {args.repeats} interleaved repeats (fp32, int8, fp32, ...) after a warm-up. "
         f"Texts: the first {BATCH} Flickr8k captions (built-in sentences without the data); "
         f"images: rendered shapes scenes. Batch 1 = {SINGLES} different items, one call each; "
@@ -158,6 +223,13 @@ def main(argv: list[str] | None = None) -> None:
         "| text graph MB fp32 / int8 |",
         "|---|---:|---:|---:|",
         *summaries,
+        "",
+        "The text graph under each int8 weight scheme on this CPU (same items, all five sessions "
+        "interleaved; the first row is what the export ships):",
+        "",
+        f"| model | int8 scheme | int8 / fp32, batch 1 | int8 / fp32, batch {BATCH} | min cosine |",
+        "|---|---|---:|---:|---:|",
+        *schemes,
     ]
     publish("export", lines, args.record)
 

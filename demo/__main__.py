@@ -111,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
     ckpt, _ = train_model(args.out, args.smoke)
-    bundle_dir = export_bundle(ckpt, args.out)
+    try:
+        bundle_dir = export_bundle(ckpt, args.out)
+    except Exception as e:  # one clear line, no traceback, as `python -m export` says it
+        print(f"error: export failed: {e}", file=sys.stderr)
+        return 1
     manifest = load_bundle(bundle_dir).manifest
     size = manifest.image.size_px
     from train.checkpoint import load_checkpoint

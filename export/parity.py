@@ -2,8 +2,10 @@
 the inputs an export is checked on.
 
 `compare` treats any NaN or Inf on either side as a failure. `image_inputs` / `text_inputs` build
-the checked batches: random pixels and rendered shapes scenes (real images when calibration data
-is given) at batch 1 and the maximum batch; texts of several lengths, real sentences and random ids.
+the fp32 graphs' checked batches: random pixels and rendered shapes scenes (real images when
+calibration data is given) at batch 1 and the maximum batch; texts of several lengths, real
+sentences and random ids. `real_images` / `sentences` are the real part alone: what the int8
+graphs are judged on, at export and again where they are served (BUNDLE/reference.npz).
 """
 
 from __future__ import annotations
@@ -60,14 +62,28 @@ def merge(parts: list[Comparison]) -> Comparison:
     )
 
 
+def real_images(
+    size_px: int, max_batch: int, real: list[Image.Image] | None = None
+) -> tuple[str, np.ndarray]:
+    """(what they are, uint8 NHWC batch) of real pictures: `real` (calibration images) where given,
+    else rendered shapes scenes; at most max_batch of them."""
+    scenes = real or [render(scene(0, "parity", i), size_px) for i in range(max_batch)]
+    pictures = np.stack([np.asarray(eval_view(im, size_px), dtype=np.uint8) for im in scenes[:max_batch]])
+    return "real images" if real else "rendered shapes", pictures
+
+
+def sentences(text: TextEncoder) -> tuple[str, np.ndarray, np.ndarray]:
+    """(description, input_ids, attention_mask) of SENTENCES in one batch, padded to the longest."""
+    ids, mask = text.encode(SENTENCES)
+    return f"{len(SENTENCES)} sentences padded to {ids.shape[1]}", ids.numpy(), mask.numpy()
+
+
 def image_inputs(
     size_px: int, max_batch: int, real: list[Image.Image] | None = None
 ) -> list[tuple[str, np.ndarray]]:
     """(description, uint8 NHWC batch) pairs."""
     rng = np.random.default_rng(0)
-    scenes = real or [render(scene(0, "parity", i), size_px) for i in range(max_batch)]
-    pictures = np.stack([np.asarray(eval_view(im, size_px), dtype=np.uint8) for im in scenes[:max_batch]])
-    what = "real images" if real else "rendered shapes"
+    what, pictures = real_images(size_px, max_batch, real)
     return [
         ("random pixels, batch 1", rng.integers(0, 256, (1, size_px, size_px, 3), dtype=np.uint8)),
         (
@@ -87,8 +103,7 @@ def text_inputs(
     for sentence in SENTENCES:
         ids, mask = text.encode([sentence])
         out.append((f"sentence of {ids.shape[1]} tokens", ids.numpy(), mask.numpy()))
-    ids, mask = text.encode(SENTENCES)  # padded to the longest: padding must not matter
-    out.append((f"{len(SENTENCES)} sentences padded to {ids.shape[1]}", ids.numpy(), mask.numpy()))
+    out.append(sentences(text))  # padded to the longest: padding must not matter
     rng = random.Random(0)
     for length in sorted({2, max(2, text.max_len // 2), text.max_len}):
         ids_np = np.array([[rng.randrange(5, vocab_size) for _ in range(length)] for _ in range(max_batch)])

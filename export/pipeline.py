@@ -3,8 +3,10 @@ into place only when every stage has passed.
 
 Stages (each announced by `progress`): load -> onnx (image, text) -> assets (codebook, tokenizer)
 -> parity fp32 (ONNX Runtime CPU vs torch: max |Δ| ≤ 1e-4, min cosine ≥ 0.99999) -> int8 (optional:
-quantise, min cosine ≥ 0.99 vs fp32, Recall@1 change on calibration data) -> tensorrt (optional)
--> manifest (checksums, fingerprint) -> verify (load it back with `runtime.bundle`) -> publish.
+the reference (real inputs and the fp32 graphs' embeddings of them, reference.npz), quantise, min
+cosine ≥ 0.99 to the reference by the check the server repeats at start (runtime/selfcheck.py),
+Recall@1 change on calibration data) -> tensorrt (optional) -> manifest (checksums, fingerprint,
+this machine's CPU) -> verify (load it back with `runtime.bundle`) -> publish.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import importlib.metadata
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ import torch
 from PIL import Image
 
 from export.onnx import EXPORTER, ImageGraph, TextGraph, export_graph, image_specs, text_specs
-from export.parity import Comparison, compare, image_inputs, merge, text_inputs
+from export.parity import Comparison, compare, image_inputs, merge, real_images, sentences, text_inputs
 from export.quantize import AttentionShape, quantize_graph
 from runtime.bundle import (
     MANIFEST,
@@ -33,11 +35,14 @@ from runtime.bundle import (
     ImageSpec,
     Manifest,
     ParityRecord,
+    ReferenceSpec,
     TextSpec,
     checksums,
     fingerprint,
     load_bundle,
 )
+from runtime.cpu import cpu_isa
+from runtime.selfcheck import Reference, check_engine
 from train.checkpoint import load_model
 from train.config import to_dict
 from train.data.tokenizer import TextEncoder
@@ -48,6 +53,17 @@ FP32_ATOL, FP32_MIN_COSINE, INT8_MIN_COSINE = 1e-4, 0.99999, 0.99
 
 class ExportError(RuntimeError):
     """A stage failed; nothing is left at the destination."""
+
+
+@dataclass(frozen=True)
+class SessionGraph:
+    """An ONNX Runtime session as `runtime.selfcheck` runs it (the server's engines look the same)."""
+
+    graph: str  # bundle file
+    session: ort.InferenceSession
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, feeds)
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,7 @@ class Exporter:
         self.graphs: dict[str, GraphSpec] = {}
         self.calibration_note: dict[str, Any] = {}
         self.int8_notes: dict[str, dict[str, Any]] = {}  # graph -> what quantize_graph did
+        self.reference: ReferenceSpec | None = None  # with int8: reference.npz
 
     def run(self) -> Path:
         o = self.opts
@@ -200,8 +217,33 @@ class Exporter:
                     f"(limit {FP32_ATOL}), min cosine {result.min_cosine:.7f} (limit {FP32_MIN_COSINE})"
                 )
 
+    def stage_reference(self, model: DualEncoder, text: TextEncoder, tmp: Path) -> Reference:
+        """reference.npz: the real inputs lower-precision graphs are judged on (pictures, sentences)
+        and the fp32 graphs' embeddings of them. Random token ids and noise pixels are left out:
+        they drive activations far outside anything served, and only there does dynamic
+        quantisation drift."""
+        self.progress("int8     reference inputs and fp32 embeddings")
+        o = self.opts
+        real = _calibration_images(o.calibration, o.max_batch)
+        what_images, pixels = real_images(model.cfg.image.image_size, o.max_batch, real)
+        what_texts, ids, mask = sentences(text)
+        inputs = {"image": {"pixels": pixels}, "text": {"input_ids": ids, "attention_mask": mask}}
+        embeddings = {
+            key: _session(tmp / self.graphs[key].file).run(None, feeds)[0] for key, feeds in inputs.items()
+        }
+        arrays = {f"{key}.{name}": x for key, feeds in inputs.items() for name, x in feeds.items()}
+        arrays |= {f"{key}.embedding": e for key, e in embeddings.items()}
+        np.savez_compressed(tmp / "reference.npz", **arrays)
+        self.reference = ReferenceSpec(
+            "reference.npz",
+            {"image": f"{what_images}, batch {len(pixels)}", "text": what_texts},
+            {"int8": INT8_MIN_COSINE},
+        )
+        return Reference(self.reference, inputs, embeddings)
+
     def stage_int8(self, model: DualEncoder, text: TextEncoder, tmp: Path) -> None:
         backend = f"onnxruntime-cpu {ort.__version__}"
+        reference = self.stage_reference(model, text, tmp)
         for key, name in (("image", "image_encoder"), ("text", "text_encoder")):
             self.progress(f"int8     quantise {name}")
             t = model.cfg.text
@@ -221,26 +263,14 @@ class Exporter:
             self.graphs[f"{key}_int8"] = GraphSpec(
                 f"{name}.int8.onnx", "int8", spec.inputs, spec.outputs, disabled_optimizers=disabled
             )
-            fp32, int8 = _session(tmp / f"{name}.onnx"), _session(tmp / f"{name}.int8.onnx", disabled)
-            if key == "image":
-                cases = self._image_cases(model, int8, lambda p, s=fp32: s.run(None, {"pixels": p}))
-            else:
-                cases = self._text_cases(
-                    model, text, int8, lambda i, m, s=fp32: s.run(None, {"input_ids": i, "attention_mask": m})
-                )
-            # int8 is judged on real inputs (sentences, pictures): random token ids and noise
-            # pixels drive activations far outside anything served, and only there does dynamic
-            # quantisation drift (min cosine 0.98 on MiniLM for random ids, 0.993+ on sentences)
-            real = [(d, g[:1], w[:1]) for d, g, w in cases if not d.startswith("random")]
-            result, what = _compare_runs(real)  # embeddings
-            ok = result.passes(None, INT8_MIN_COSINE)
-            self.parity.append(ParityRecord(f"{key}_int8", backend, "onnxruntime fp32", what, result.n,
-                                            result.max_abs_diff, result.min_cosine, ok))  # fmt: skip
-            self.progress(f"parity   {key} int8 vs fp32: min cosine {result.min_cosine:.5f}")
-            if not ok:
-                raise ExportError(
-                    f"{key} int8 graph: min cosine {result.min_cosine:.4f} to fp32 < {INT8_MIN_COSINE}"
-                )
+            int8 = SessionGraph(f"{name}.int8.onnx", _session(tmp / f"{name}.int8.onnx", disabled))
+            check = check_engine(int8, reference, key, "int8")  # the check the server repeats at start
+            what = reference.spec.inputs[key]
+            self.parity.append(ParityRecord(f"{key}_int8", backend, "onnxruntime fp32", what, check.rows,
+                                            check.max_abs_diff, check.min_cosine, check.passed))  # fmt: skip
+            self.progress(f"parity   {key} int8 vs fp32: min cosine {check.min_cosine:.5f}")
+            if not check.passed:
+                raise ExportError(check.describe())
         if self.opts.calibration is not None:
             self.calibration_note = _recall_change(tmp, text, model, self.opts)
             self.progress(f"int8     Recall@1 change on calibration data: {self.calibration_note}")
@@ -287,8 +317,10 @@ class Exporter:
                 },
                 "int8_calibration": self.calibration_note,
                 "int8_graphs": self.int8_notes,
+                "exported_on": asdict(cpu_isa()),  # the parity records' CPU (runtime/cpu.py)
             },
             parity=list(self.parity),
+            reference=self.reference,
         )
 
     def publish(self, tmp: Path) -> None:

@@ -3,7 +3,8 @@ activations quantised per batch at run time; no user calibration set needed — 
 sentences locate the FFN outlier channels).
 
 - `quantize_graph(source, target, attention, calibration)`: the int8 twin of an fp32 graph; returns what was
-  done (recorded in the manifest's provenance).
+  done (recorded in the manifest's provenance). `weights` picks one of `WEIGHTS`; the export uses
+  the default, the others are there to be measured against it (bench/export.py).
 - For a BERT text graph (`attention` = its heads and width), ONNX Runtime's transformer optimiser
   first fuses each layer's self-attention into one `Attention` node, which quantises to
   `QAttention`: one int8 GEMM for Q, K and V and a fused softmax instead of ~20 small nodes per
@@ -14,12 +15,22 @@ sentences locate the FFN outlier channels).
 - Given calibration inputs, the few outlier channels of each FFN's hidden activation move to a
   small fp32 side branch first (export/outliers.py), so they no longer set the int8 step of the
   whole tensor.
+- Weights are int8 per output channel, in 7 bits ([-64, 64], ONNX Runtime's `reduce_range`), so
+  that every CPU computes the same exact integer products. Activations are uint8; x86 CPUs without
+  VNNI (AVX2, AVX-512 without VNNI) multiply them with VPMADDUBSW, which sums each pair of uint8 x
+  int8 products into a saturating int16. With full-range weights a pair reaches 2·255·127 = 64,770
+  and is clipped to 32,767; with 7-bit weights it is at most 2·255·64 = 32,640, so nothing clips,
+  and VNNI, AMX and ARM's dot products (int32 accumulators) compute the same sums. ONNX Runtime's
+  other remedies keep 8-bit weights and pay in speed where VNNI is missing: uint8 weights (a
+  slower u8u8 kernel) or `session.x64quantprecision` (the same conversion made at load time, and
+  lost on any runtime that does not set the option). The choice and its measured costs are in
+  docs/decisions.md §5; `runtime/selfcheck.py` re-checks the graph on the machine that serves it.
 - Only weight MatMul/Gemm (and the fused Attention) are quantised: they carry the transformer and
-  projection FLOPs, and ONNX Runtime's integer kernels for them are fast on x86 (VNNI) and ARM.
+  projection FLOPs, and ONNX Runtime's integer kernels for them are fast on x86 and ARM.
   Activation-by-activation MatMuls (attention scores and their product with values) stay fp32:
-  quantising both operands per batch costs most of the accuracy (min cosine 0.98 on the tiny text
-  encoder) for little speed. Convolutions stay fp32: dynamic ConvInteger is slow on most CPUs and
-  costs EfficientNet's depthwise layers much accuracy.
+  quantising both operands per batch costs most of the accuracy for little speed. Convolutions
+  stay fp32: dynamic ConvInteger is slow on most CPUs and costs EfficientNet's depthwise layers
+  much accuracy.
 """
 
 from __future__ import annotations
@@ -37,9 +48,27 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from export.outliers import split_ffn_outliers
 
 QUANTISED_OPS = ["MatMul", "Gemm", "Attention"]
-# ONNX Runtime's own SkipLayerNormalization kernel ran 1.6x slower than the Add + LayerNormalization
-# it replaces on the fused int8 text graph (2 cores, batch 32): 15.6 ms of a 72 ms call. The
-# manifest asks the session not to make it (GraphSpec.disabled_optimizers).
+
+
+@dataclass(frozen=True)
+class WeightScheme:
+    """How an int8 graph stores its weights, in ONNX Runtime's terms."""
+
+    weight_type: QuantType
+    reduce_range: bool
+    range: tuple[int, int]  # the stored integers' bounds
+
+
+WEIGHTS = {
+    "s8-7bit": WeightScheme(QuantType.QInt8, True, (-64, 64)),  # exact on every CPU (docstring)
+    "s8-8bit": WeightScheme(QuantType.QInt8, False, (-127, 127)),  # saturates on x86 without VNNI
+    "u8-8bit": WeightScheme(QuantType.QUInt8, False, (0, 255)),  # exact, through a u8u8 kernel
+}
+DEFAULT_WEIGHTS = "s8-7bit"
+WEIGHT_RANGE = WEIGHTS[DEFAULT_WEIGHTS].range
+# ONNX Runtime's own SkipLayerNormalization kernel measured slower than the Add + LayerNormalization
+# it replaces on the fused int8 text graph (docs/decisions.md §5), so the manifest asks the session
+# not to make it (GraphSpec.disabled_optimizers).
 FUSED_GRAPH_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 
 
@@ -57,12 +86,14 @@ def quantize_graph(
     target: Path,
     attention: AttentionShape | None = None,
     calibration: list[dict[str, np.ndarray]] | None = None,
+    weights: str = DEFAULT_WEIGHTS,
 ) -> dict[str, Any]:
     """Writes the int8 graph of `source` to `target`: attention fused first when `attention` is
     given, FFN outlier channels split out on `calibration` feeds when given (export/outliers.py),
     then dynamic quantisation. Returns what was done, for the manifest: {"fused_attention":
     Attention nodes made, "ffn_outlier_channels": per FFN, "disabled_optimizers": for GraphSpec,
-    "ops": op counts of the int8 graph}."""
+    "weights": the scheme, "weight_range": its stored integers' bounds, "ops": op counts of the int8
+    graph}."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the optimiser and quantize_dynamic advise on the root logger
@@ -77,7 +108,7 @@ def quantize_graph(
             if fp32:  # something was rewritten
                 onnx.save(model, str(staged))
                 current = staged
-        _quantize(current, target, keep_fp32=fp32)
+        _quantize(current, target, fp32, WEIGHTS[weights])
     finally:
         staged.unlink(missing_ok=True)
         root.setLevel(level)
@@ -86,6 +117,8 @@ def quantize_graph(
         "fused_attention": fused,
         "ffn_outlier_channels": split,
         "disabled_optimizers": FUSED_GRAPH_DISABLED_OPTIMIZERS if fused else [],
+        "weights": weights,
+        "weight_range": list(WEIGHTS[weights].range),
         "ops": dict(sorted(Counter(n.op_type for n in graph.node).items())),
     }
 
@@ -128,12 +161,13 @@ def _fuse_attention(source: Path, target: Path, shape: AttentionShape) -> int:
     return fused
 
 
-def _quantize(source: Path, target: Path, keep_fp32: list[str]) -> None:
+def _quantize(source: Path, target: Path, keep_fp32: list[str], scheme: WeightScheme) -> None:
     quantize_dynamic(
         str(source),
         str(target),
-        weight_type=QuantType.QInt8,
+        weight_type=scheme.weight_type,
         per_channel=True,
+        reduce_range=scheme.reduce_range,
         op_types_to_quantize=QUANTISED_OPS,
         nodes_to_exclude=activation_matmuls(source) + keep_fp32,
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # com.microsoft outputs lack types

@@ -15,7 +15,7 @@ import re
 import sys
 from dataclasses import fields
 
-from runtime.config import BACKENDS, ServeConfig, load_config
+from runtime.config import BACKENDS, INT8_MODES, ServeConfig, load_config
 from runtime.errors import TesseraError
 
 
@@ -38,9 +38,10 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument(flag, action="store_true", default=None, help=f"{helps.get(f.name, '')} [{env}]")
             continue
         kind = {"int": int, "float": float}.get(str(f.type), str)
-        choices = BACKENDS if f.name == "backend" else None
+        choices = {"backend": BACKENDS, "int8": INT8_MODES}.get(f.name)
+        bare = {"nargs": "?", "const": "on"} if f.name == "int8" else {}  # `--int8` alone is `--int8=on`
         s.add_argument(
-            flag, type=kind, default=None, choices=choices,
+            flag, type=kind, default=None, choices=choices, **bare,
             help=f"{helps.get(f.name, '')} [{env}, default {default!r}]",
         )  # fmt: skip
     return p

@@ -6,6 +6,9 @@
     BUNDLE/*.int8.onnx           optional dynamically quantised graphs (CPU)
     BUNDLE/tokenizer.json        the training tokenizer (`tokenizers`)
     BUNDLE/codebook.npy          K x d float32, rows L2-normalised
+    BUNDLE/reference.npz         with int8 graphs: the real inputs the export checked them on and the
+                                 fp32 graphs' embeddings of them (`Reference`), which a serving
+                                 machine re-checks its int8 graphs against (runtime/selfcheck.py)
     BUNDLE/engines/*.plan        optional TensorRT plans, keyed in the manifest
 
 The manifest pins the sha256 of every file; `load_bundle` verifies them all and refuses a bundle
@@ -80,6 +83,15 @@ class ParityRecord:
 
 
 @dataclass(frozen=True)
+class ReferenceSpec:
+    """Where the reference inputs and outputs are, and what a lower-precision graph must reach."""
+
+    file: str  # "reference.npz": arrays "{graph key}.{input name}" and "{graph key}.embedding"
+    inputs: dict[str, str]  # graph key ("image", "text") -> what its inputs are
+    min_cosine: dict[str, float]  # precision ("int8") -> least cosine of any row to the fp32 reference
+
+
+@dataclass(frozen=True)
 class EngineRecord:
     file: str  # engines/....plan
     graph: str  # key in Manifest.graphs it was built from
@@ -106,6 +118,7 @@ class Manifest:
     provenance: dict[str, Any]  # checkpoint sha256, training config, exporter and library versions, opset
     parity: list[ParityRecord] = field(default_factory=list)
     engines: list[EngineRecord] = field(default_factory=list)
+    reference: ReferenceSpec | None = None  # with int8 graphs (bundles exported before it: none)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False)
@@ -137,6 +150,7 @@ class Manifest:
                 provenance=dict(data["provenance"]),
                 parity=[ParityRecord(**p) for p in data.get("parity", [])],
                 engines=[EngineRecord(**e) for e in data.get("engines", [])],
+                reference=ReferenceSpec(**data["reference"]) if data.get("reference") else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"manifest is malformed: {e!r}") from e

@@ -14,6 +14,9 @@ from typing import Any, Literal
 
 Backend = Literal["auto", "onnxruntime", "tensorrt"]
 BACKENDS: tuple[str, ...] = ("auto", "onnxruntime", "tensorrt")
+INT8_MODES: tuple[str, ...] = ("off", "on", "auto")
+# how a bare `--int8` and the booleans of TESSERA_INT8 read
+INT8_WORDS = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off", "": "off"}
 ENV_PREFIX = "TESSERA_"
 
 
@@ -23,7 +26,7 @@ class ServeConfig:
     host: str = "127.0.0.1"  # bind address; 0.0.0.0 exposes the server beyond this machine
     port: int = 50051  # gRPC port; 0 picks a free one (logged)
     backend: str = "auto"  # auto | onnxruntime | tensorrt
-    int8: bool = False  # serve the bundle's int8 graphs (ONNX Runtime on CPU)
+    int8: str = "off"  # int8 graphs, each checked on this CPU: on = refuse a failed check, auto = serve fp32
     max_batch_size: int = 32  # items per engine call; ≤ the bundle's max_batch
     max_wait_ms: float = 5.0  # longest an item waits for its batch to fill
     max_queue: int = 1024  # items waiting per modality; beyond -> RESOURCE_EXHAUSTED
@@ -46,6 +49,10 @@ class ServeConfig:
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
+        int8 = str(self.int8).lower()  # True and False (as older callers pass) read as "true", "false"
+        object.__setattr__(self, "int8", INT8_WORDS.get(int8, int8))
+        if self.int8 not in INT8_MODES:
+            raise ValueError(f"int8 {self.int8!r} is not one of {', '.join(INT8_MODES)}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
         for name in ("max_batch_size", "max_queue", "max_items_per_request", "max_request_bytes",

@@ -1,7 +1,9 @@
 """The model as the server sees it: a bundle's engines behind two batchers (image, text), with
 preprocessing on a thread pool and the codebook in memory. No gRPC here (see runtime/server.py).
 
-    embedder = Embedder(load_bundle(path), cfg); await embedder.start()   # load, warm up
+    embedder = Embedder(load_bundle(path), cfg)
+    embedder.load()    # open (int8: check) and warm up the engines; blocking, off the event loop
+    embedder.start()   # the batchers, on the running loop
     out = await embedder.embed([Text("a dog"), EncodedImage(jpeg)], deadline_s)
     out.embeddings  # (N, d) float32, L2-normalised;  out.code_scores  # (N, K)
 
@@ -85,7 +87,9 @@ class Embedder:
 
     def load(self) -> None:
         """Opens the engines and warms each up with the largest batch (blocking; call off the loop)."""
-        engines = open_engines(self.bundle, self.cfg)
+        engines = open_engines(self.bundle, self.cfg)  # int8 engines are checked on this CPU there
+        if self.metrics:
+            self.metrics.engines_opened(engines.checks, set(engines.notes))
         b, s = self.cfg.max_batch_size, self.bundle.manifest.image.size_px
         engines.image.run({"pixels": np.zeros((b, s, s, 3), dtype=np.uint8)})
         ids = np.zeros((b, self.tokenizer.max_len), dtype=np.int64)  # (B, L)

@@ -7,7 +7,10 @@
   machine without a GPU): each candidate is tried by creating the session and reading back the
   providers it really bound.
 - `runtime.tensorrt.TensorRTEngine`: a native TensorRT plan for this GPU (imported lazily).
-- `open_engines`: the engines of a bundle for a `ServeConfig`'s backend choice.
+- `open_engines`: the engines of a bundle for a `ServeConfig`'s backend and int8 choice. An int8
+  engine is served only once it has passed its check on this CPU (runtime/selfcheck.py); one that
+  fails stops the start (`--int8`), or is replaced by its fp32 graph (`--int8=auto`), said in the
+  log, in `Info` and in the metrics.
 
 Engines are called from a worker thread (ONNX Runtime and TensorRT release the GIL), one batch at a
 time per engine.
@@ -16,14 +19,15 @@ time per engine.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from runtime.bundle import Bundle, GraphSpec
 from runtime.config import ServeConfig
-from runtime.errors import MissingDependency
+from runtime.errors import MissingDependency, PrecisionRefused
+from runtime.selfcheck import PrecisionCheck, check_engine, load_reference
 
 log = logging.getLogger(__name__)
 ORT_HINT = (
@@ -94,16 +98,21 @@ class OnnxRuntimeEngine:
 class EngineSet:
     image: Engine
     text: Engine
+    checks: dict[str, PrecisionCheck] = field(default_factory=dict)  # modality -> its int8 check
+    notes: dict[str, str] = field(default_factory=dict)  # modality -> why it is not what was asked for
 
 
 def open_engines(bundle: Bundle, cfg: ServeConfig) -> EngineSet:
     """The engines for cfg.backend: tensorrt (fails if it cannot), onnxruntime, or auto (TensorRT
-    where it imports and a plan for this GPU can be had, else ONNX Runtime on the best provider)."""
-    if cfg.int8 and cfg.backend == "tensorrt":
+    where it imports and a plan for this GPU can be had, else ONNX Runtime on the best provider);
+    with cfg.int8 on or auto, the int8 graphs on the CPU, checked first (`_open_int8`)."""
+    if cfg.int8 != "off" and cfg.backend == "tensorrt":
         raise ValueError(
             "--int8 selects the bundle's int8 ONNX graphs (CPU); it does not combine with tensorrt"
         )
-    if cfg.backend in ("tensorrt", "auto") and not cfg.int8:
+    if cfg.int8 != "off":
+        return _open_int8(bundle, cfg)
+    if cfg.backend in ("tensorrt", "auto"):
         from runtime import tensorrt
 
         if cfg.backend == "tensorrt":
@@ -117,7 +126,42 @@ def open_engines(bundle: Bundle, cfg: ServeConfig) -> EngineSet:
                 tensorrt.engine_for(bundle, k, cfg, lambda k=k: fallback(k)) for k in ("image", "text")
             )
             return EngineSet(image, text)
-    keys = ("image_int8", "text_int8") if cfg.int8 else ("image", "text")
-    use_gpu = not cfg.int8
-    image, text = (OnnxRuntimeEngine(bundle, k, use_gpu, cfg.cpu_threads, cfg.cpu_spin) for k in keys)
+    image, text = (
+        OnnxRuntimeEngine(bundle, k, True, cfg.cpu_threads, cfg.cpu_spin) for k in ("image", "text")
+    )
     return EngineSet(image, text)
+
+
+def _open_int8(bundle: Bundle, cfg: ServeConfig) -> EngineSet:
+    """int8 engines on the CPU, each checked against the bundle's fp32 reference first. A failed
+    check raises PrecisionRefused (int8 "on"), or (int8 "auto") that modality serves its fp32 graph."""
+    engines: dict[str, Engine] = {}
+    checks: dict[str, PrecisionCheck] = {}
+    notes: dict[str, str] = {}
+
+    def fall_back(modality: str, why: str) -> None:
+        if cfg.int8 != "auto":
+            raise PrecisionRefused(
+                f"{why}; serve fp32 (without --int8), or pass --int8=auto to fall back to it"
+            )
+        log.warning("%s; serving the %s encoder in fp32 (--int8=auto)", why, modality)
+        notes[modality] = f"int8 not served: {why}"
+        engines[modality] = OnnxRuntimeEngine(bundle, modality, False, cfg.cpu_threads, cfg.cpu_spin)
+
+    missing = [k for k in ("image_int8", "text_int8") if k not in bundle.manifest.graphs]
+    reference = load_reference(bundle)
+    for modality in ("image", "text"):
+        if missing or reference is None:
+            what = (
+                f"no {', '.join(missing)} graph" if missing else "no reference outputs to check int8 against"
+            )
+            fall_back(modality, f"bundle {bundle.root} has {what} (re-export it with --int8)")
+            continue
+        engine = OnnxRuntimeEngine(bundle, f"{modality}_int8", False, cfg.cpu_threads, cfg.cpu_spin)
+        check = checks[modality] = check_engine(engine, reference, modality, "int8")
+        if check.passed:
+            log.info("%s", check.describe())
+            engines[modality] = engine
+        else:
+            fall_back(modality, check.describe())
+    return EngineSet(engines["image"], engines["text"], checks, notes)

@@ -12,6 +12,10 @@ class BundleError(TesseraError):
     """A bundle is missing, malformed, of another schema, or fails its checksums."""
 
 
+class PrecisionRefused(TesseraError):
+    """A lower-precision graph failed its check on this machine (runtime/selfcheck.py): not served."""
+
+
 class MissingDependency(TesseraError, ImportError):
     """An optional dependency is not installed; the message holds the install command."""
 

@@ -11,6 +11,8 @@
     tessera_inference_items_total{modality}       items that reached the engine
     tessera_queue_depth{modality}                 items waiting (gauge)
     tessera_dropped_items_total{modality, reason} queue_full | deadline | cancelled
+    tessera_precision_check_min_cosine{modality, precision}  a graph's check on this CPU (selfcheck.py)
+    tessera_int8_fallback{modality}               1: int8 was asked for, failed its check, fp32 serves
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from runtime.selfcheck import PrecisionCheck
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -62,6 +66,14 @@ class Metrics:
         self.dropped_items = Counter(
             "tessera_dropped_items", "items dropped before inference", ["modality", "reason"], registry=r
         )
+        self.check_cosine = Gauge(
+            "tessera_precision_check_min_cosine", "a lower-precision graph's least cosine to the bundle's "
+            "fp32 reference, measured on this CPU at start", ["modality", "precision"], registry=r,
+        )  # fmt: skip
+        self.int8_fallback = Gauge(
+            "tessera_int8_fallback", "1 where int8 was asked for, failed its check and fp32 serves instead",
+            ["modality"], registry=r,
+        )  # fmt: skip
 
         self._rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}  # labels() costs a lock and a dict
 
@@ -73,6 +85,13 @@ class Metrics:
             self._rpc_children[(method, code)] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def engines_opened(self, checks: dict[str, PrecisionCheck], fell_back: set[str]) -> None:
+        """The start's precision checks, and the modalities serving fp32 in place of int8."""
+        for modality, check in checks.items():
+            self.check_cosine.labels(modality, check.precision).set(check.min_cosine)
+        for modality in checks.keys() | fell_back:
+            self.int8_fallback.labels(modality).set(1 if modality in fell_back else 0)
 
     def observer(self, modality: str) -> BatcherMetrics:
         return BatcherMetrics(self, modality)

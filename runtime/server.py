@@ -5,8 +5,9 @@ Layers, after text-embeddings-inference: this module and runtime/search_rpc.py t
 into `runtime.embedder` and `runtime.index` calls; runtime/rpc.py maps errors to status codes (the
 one mapping); the embedder owns batching and engines.
 
-Lifecycle of `serve`: bind -> health NOT_SERVING -> load and warm up the engines with the largest
-batch and open (recover) the collections, off the event loop -> SERVING -> on SIGTERM or SIGINT:
+Lifecycle of `serve`: bind -> health NOT_SERVING -> load the engines (int8 ones checked on this CPU
+first, runtime/selfcheck.py), warm them up with the largest batch and open (recover) the
+collections, off the event loop -> SERVING (a failure before it: exit 1, one line) -> on SIGTERM or SIGINT:
 NOT_SERVING, new RPCs get UNAVAILABLE, in-flight ones finish within drain_s, collections snapshot
 -> exit 0.
 """
@@ -30,6 +31,7 @@ from grpc_reflection.v1alpha import reflection
 from runtime import __version__
 from runtime.bundle import load_bundle
 from runtime.config import ServeConfig
+from runtime.cpu import CpuIsa, cpu_isa
 from runtime.embedder import Embedder as EmbedderImpl
 from runtime.embedder import top_codes
 from runtime.errors import (
@@ -138,14 +140,25 @@ class Servicer(SearchRpcs, pb_grpc.TesseraServicer):
         )  # fmt: skip
         engines = []
         if self.ready:
+            assert self.embedder.engines is not None
+            checks, notes = self.embedder.engines.checks, self.embedder.engines.notes
             for modality, e in self.embedder.engine_info():
-                engines.append(
-                    pb.EngineInfo(modality=modality, backend=e.name, precision=e.precision, graph=e.graph)
-                )
+                info = pb.EngineInfo(
+                    modality=modality, backend=e.name, precision=e.precision, graph=e.graph,
+                    note=notes.get(modality, ""),
+                )  # fmt: skip
+                if (c := checks.get(modality)) is not None:
+                    info.check.CopyFrom(pb.PrecisionCheck(
+                        graph=c.graph, precision=c.precision, min_cosine=c.min_cosine, threshold=c.threshold,
+                        passed=c.passed, rows=c.rows,
+                    ))  # fmt: skip
+                engines.append(info)
+        exported_on = m.provenance.get("exported_on")
         return pb.InfoResponse(
             fingerprint=m.fingerprint, embed_dim=m.embed_dim, codebook_size=m.codebook_size,
             image_size_px=m.image.size_px, text_max_tokens=m.text.max_len, limits=limits, engines=engines,
-            version=__version__,
+            version=__version__, cpu=str(cpu_isa()),
+            exported_on=str(CpuIsa(**exported_on)) if isinstance(exported_on, dict) else "",
         )  # fmt: skip
 
     async def _embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
@@ -240,12 +253,16 @@ async def serve(cfg: ServeConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     t0 = time.perf_counter()
-    await loop.run_in_executor(None, embedder.load)
     m = bundle.manifest
-    servicer.collections = await loop.run_in_executor(None, lambda: Collections(
-        Path(cfg.data_dir), m.embed_dim, m.codebook_size, m.fingerprint, cfg.fsync, cfg.milvus_uri,
-        cfg.repair_wal,
-    ))  # fmt: skip
+    try:  # a refused start (an int8 check, a corrupt collection) stops the listener before it returns
+        await loop.run_in_executor(None, embedder.load)
+        servicer.collections = await loop.run_in_executor(None, lambda: Collections(
+            Path(cfg.data_dir), m.embed_dim, m.codebook_size, m.fingerprint, cfg.fsync, cfg.milvus_uri,
+            cfg.repair_wal,
+        ))  # fmt: skip
+    except BaseException:
+        await server.stop(0)
+        raise
     embedder.start()
     servicer.ready = True
     for service in ("", SERVICE):

@@ -26,3 +26,16 @@ def test_demo_smoke_runs_end_to_end(tmp_path: Path) -> None:
         assert picture.width > 600 and picture.height > 8 * 128
     again = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "reusing" in again.stdout  # a re-run reuses what is built
+
+
+def test_demo_reports_an_export_failure_in_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "best.pt").write_bytes(b"not a checkpoint")  # reused by step 1, refused by export
+    cmd = [sys.executable, "-m", "demo", "--smoke", "--out", str(out)]
+    result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: export failed: "), result.stderr
+    assert not (out / "bundle").exists()

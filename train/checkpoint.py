@@ -92,8 +92,15 @@ def make_payload(
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Loads and checks the format; the config comes back as a `TrainConfig`."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    """Loads and checks the format; the config comes back as a `TrainConfig`. A file torch cannot
+    read raises ValueError naming it, in one line (torch's own message runs to several)."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError:
+        raise  # missing, unreadable: the OS's own message names the file
+    except Exception as e:  # garbage fails in the unpickler in many ways (struct, pickle, zip, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: not a readable {FORMAT} checkpoint ({first})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} checkpoint")
     ckpt["config"] = from_dict(TrainConfig, ckpt["config"])

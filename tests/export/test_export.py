@@ -7,16 +7,19 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
 from export.parity import image_inputs, text_inputs
 from export.pipeline import Exporter, ExportError, ExportOptions
 from runtime.bundle import BundleError, load_bundle
+from runtime.cpu import cpu_isa
 from tests.conftest import REPO_ROOT
 from tests.train.test_loop import small
 from train.checkpoint import load_model
@@ -112,6 +115,33 @@ def test_bundle_serves_torch_outputs_without_torch(bundle: Path, checkpoint: Pat
     codebook = np.load(bundle / "codebook.npy")
     assert codebook.shape == (manifest.codebook_size, manifest.embed_dim)
     assert np.allclose(np.linalg.norm(codebook, axis=1), 1, atol=1e-5)
+
+
+def test_int8_reference_holds_real_inputs_and_their_fp32_embeddings(bundle: Path) -> None:
+    """reference.npz: what the serving machine re-checks its int8 graphs against (runtime/selfcheck.py)."""
+    m = load_bundle(bundle).manifest
+    assert m.reference is not None and m.reference.min_cosine == {"int8": 0.99}
+    assert m.reference.file in m.files  # checksummed like every other file
+    size = m.image.size_px
+    with np.load(bundle / m.reference.file) as ref:
+        pixels, ids, mask = ref["image.pixels"], ref["text.input_ids"], ref["text.attention_mask"]
+        assert pixels.shape == (8, size, size, 3) and pixels.dtype == np.uint8  # max batch 8
+        assert ids.shape == mask.shape and ids.shape[0] == 5 and ids.dtype == np.int64
+        assert m.reference.inputs == {
+            "image": "rendered shapes, batch 8",
+            "text": f"5 sentences padded to {ids.shape[1]}",
+        }
+        for key, feeds in (
+            ("image", {"pixels": pixels}),
+            ("text", {"input_ids": ids, "attention_mask": mask}),
+        ):
+            fp32 = ort.InferenceSession(str(bundle / m.graphs[key].file), providers=["CPUExecutionProvider"])
+            assert np.allclose(ref[f"{key}.embedding"], fp32.run(None, feeds)[0], atol=1e-5)
+    # the export judged int8 by the same check the server repeats: every row together, then five alone
+    records = {p.graph: p for p in m.parity}
+    assert records["image_int8"].n == 8 + 5 and records["text_int8"].n == 5 + 5
+    assert records["text_int8"].inputs == m.reference.inputs["text"]
+    assert m.provenance["exported_on"] == asdict(cpu_isa())
 
 
 def test_manifest_records_parity_provenance_and_int8(bundle: Path, checkpoint: Path) -> None:

@@ -140,20 +140,40 @@ class Limits(_message.Message):
     max_text_tokens: int
     def __init__(self, max_batch_size: _Optional[int] = ..., max_wait_ms: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_items_per_request: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_text_tokens: _Optional[int] = ...) -> None: ...
 
+class PrecisionCheck(_message.Message):
+    __slots__ = ("graph", "precision", "min_cosine", "threshold", "passed", "rows")
+    GRAPH_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    MIN_COSINE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    graph: str
+    precision: str
+    min_cosine: float
+    threshold: float
+    passed: bool
+    rows: int
+    def __init__(self, graph: _Optional[str] = ..., precision: _Optional[str] = ..., min_cosine: _Optional[float] = ..., threshold: _Optional[float] = ..., passed: _Optional[bool] = ..., rows: _Optional[int] = ...) -> None: ...
+
 class EngineInfo(_message.Message):
-    __slots__ = ("modality", "backend", "precision", "graph")
+    __slots__ = ("modality", "backend", "precision", "graph", "check", "note")
     MODALITY_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     GRAPH_FIELD_NUMBER: _ClassVar[int]
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
     modality: str
     backend: str
     precision: str
     graph: str
-    def __init__(self, modality: _Optional[str] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., graph: _Optional[str] = ...) -> None: ...
+    check: PrecisionCheck
+    note: str
+    def __init__(self, modality: _Optional[str] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., graph: _Optional[str] = ..., check: _Optional[_Union[PrecisionCheck, _Mapping]] = ..., note: _Optional[str] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("fingerprint", "embed_dim", "codebook_size", "image_size_px", "text_max_tokens", "limits", "engines", "version")
+    __slots__ = ("fingerprint", "embed_dim", "codebook_size", "image_size_px", "text_max_tokens", "limits", "engines", "version", "cpu", "exported_on")
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     EMBED_DIM_FIELD_NUMBER: _ClassVar[int]
     CODEBOOK_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +182,8 @@ class InfoResponse(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     ENGINES_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    CPU_FIELD_NUMBER: _ClassVar[int]
+    EXPORTED_ON_FIELD_NUMBER: _ClassVar[int]
     fingerprint: str
     embed_dim: int
     codebook_size: int
@@ -170,7 +192,9 @@ class InfoResponse(_message.Message):
     limits: Limits
     engines: _containers.RepeatedCompositeFieldContainer[EngineInfo]
     version: str
-    def __init__(self, fingerprint: _Optional[str] = ..., embed_dim: _Optional[int] = ..., codebook_size: _Optional[int] = ..., image_size_px: _Optional[int] = ..., text_max_tokens: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., engines: _Optional[_Iterable[_Union[EngineInfo, _Mapping]]] = ..., version: _Optional[str] = ...) -> None: ...
+    cpu: str
+    exported_on: str
+    def __init__(self, fingerprint: _Optional[str] = ..., embed_dim: _Optional[int] = ..., codebook_size: _Optional[int] = ..., image_size_px: _Optional[int] = ..., text_max_tokens: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., engines: _Optional[_Iterable[_Union[EngineInfo, _Mapping]]] = ..., version: _Optional[str] = ..., cpu: _Optional[str] = ..., exported_on: _Optional[str] = ...) -> None: ...
 
 class Record(_message.Message):
     __slots__ = ("id", "content", "payload_json")
