@@ -3,6 +3,10 @@ environment variable (runtime/config.py); the flag wins.
 
     python -m runtime serve --bundle runs/bundle --port 50051 --metrics-port 9090
     TESSERA_BUNDLE=runs/bundle TESSERA_MAX_WAIT_MS=2 python -m runtime serve
+
+`python -m runtime check --bundle DIR` runs the check `serve --int8` makes at start — each int8
+graph against the bundle's fp32 reference, on this CPU (runtime/selfcheck.py) — prints a line per
+graph and exits 1 where one fails: whether a bundle's int8 holds on a machine, without serving.
 """
 
 from __future__ import annotations
@@ -44,13 +48,38 @@ def parser() -> argparse.ArgumentParser:
             flag, type=kind, default=None, choices=choices, **bare,
             help=f"{helps.get(f.name, '')} [{env}, default {default!r}]",
         )  # fmt: skip
+    c = sub.add_parser("check", help="check the bundle's int8 graphs on this CPU, as `serve --int8` does")
+    c.add_argument("--bundle", default=None, help="the bundle to check [TESSERA_BUNDLE]")
+    c.add_argument(
+        "--cpu-threads", type=int, default=None, help="ONNX Runtime intra-op threads [default: all]"
+    )
     return p
+
+
+def check(cfg: ServeConfig) -> int:
+    """One line per int8 graph; 0 when every one passes."""
+    from runtime.bundle import load_bundle
+    from runtime.engines import checked_int8, unprovable
+    from runtime.selfcheck import load_reference
+
+    bundle = load_bundle(cfg.bundle)
+    if (why := unprovable(bundle)) is not None:
+        print(f"error: {why}", file=sys.stderr)
+        return 1
+    reference = load_reference(bundle)
+    assert reference is not None  # unprovable() found the manifest naming one
+    passed = True
+    for modality in ("image", "text"):
+        _, result = checked_int8(bundle, modality, reference, cfg)
+        print(result.describe(), flush=True)
+        passed &= result.passed
+    return 0 if passed else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        cfg = load_config(vars(args))
+        cfg = load_config({k: v for k, v in vars(args).items() if k != "command"})
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -62,9 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     if not cfg.bundle:
         print("error: no bundle: pass --bundle DIR or set TESSERA_BUNDLE", file=sys.stderr)
         return 2
-    from runtime.server import serve
-
     try:
+        if args.command == "check":
+            return check(cfg)
+        from runtime.server import serve
+
         return asyncio.run(serve(cfg))
     except (TesseraError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -54,6 +54,8 @@ def parse_cpuinfo(text: str, arch: str) -> CpuIsa:
         elif key in ("model name", "cpu model") and not model:
             model = value.strip()
     if arch in ("aarch64", "arm64"):
+        if "sme" in flags:  # ONNX Runtime takes Arm's KleidiAI SME kernels for int8 GEMMs there
+            return CpuIsa(arch, "SME", True, model)
         if "i8mm" in flags:
             return CpuIsa(arch, "NEON i8mm", True, model)
         if "asimddp" in flags:

@@ -27,7 +27,7 @@ import numpy as np
 from runtime.bundle import Bundle, GraphSpec
 from runtime.config import ServeConfig
 from runtime.errors import MissingDependency, PrecisionRefused
-from runtime.selfcheck import PrecisionCheck, check_engine, load_reference
+from runtime.selfcheck import PrecisionCheck, Reference, check_engine, load_reference
 
 log = logging.getLogger(__name__)
 ORT_HINT = (
@@ -132,6 +132,26 @@ def open_engines(bundle: Bundle, cfg: ServeConfig) -> EngineSet:
     return EngineSet(image, text)
 
 
+def unprovable(bundle: Bundle) -> str | None:
+    """Why this bundle's int8 graphs cannot be checked on this machine, or None when they can."""
+    missing = [k for k in ("image_int8", "text_int8") if k not in bundle.manifest.graphs]
+    if missing:
+        return f"bundle {bundle.root} has no {', '.join(missing)} graph (re-export it with --int8)"
+    if bundle.manifest.reference is None:
+        return (
+            f"bundle {bundle.root} has no reference outputs to check int8 against (re-export it with --int8)"
+        )
+    return None
+
+
+def checked_int8(
+    bundle: Bundle, modality: str, reference: Reference, cfg: ServeConfig
+) -> tuple[OnnxRuntimeEngine, PrecisionCheck]:
+    """A modality's int8 engine on the CPU, and its check on the bundle's reference."""
+    engine = OnnxRuntimeEngine(bundle, f"{modality}_int8", False, cfg.cpu_threads, cfg.cpu_spin)
+    return engine, check_engine(engine, reference, modality, "int8")
+
+
 def _open_int8(bundle: Bundle, cfg: ServeConfig) -> EngineSet:
     """int8 engines on the CPU, each checked against the bundle's fp32 reference first. A failed
     check raises PrecisionRefused (int8 "on"), or (int8 "auto") that modality serves its fp32 graph."""
@@ -148,17 +168,15 @@ def _open_int8(bundle: Bundle, cfg: ServeConfig) -> EngineSet:
         notes[modality] = f"int8 not served: {why}"
         engines[modality] = OnnxRuntimeEngine(bundle, modality, False, cfg.cpu_threads, cfg.cpu_spin)
 
-    missing = [k for k in ("image_int8", "text_int8") if k not in bundle.manifest.graphs]
+    if (why := unprovable(bundle)) is not None:
+        for modality in ("image", "text"):
+            fall_back(modality, why)
+        return EngineSet(engines["image"], engines["text"], checks, notes)
     reference = load_reference(bundle)
+    assert reference is not None  # unprovable() found the manifest naming one
     for modality in ("image", "text"):
-        if missing or reference is None:
-            what = (
-                f"no {', '.join(missing)} graph" if missing else "no reference outputs to check int8 against"
-            )
-            fall_back(modality, f"bundle {bundle.root} has {what} (re-export it with --int8)")
-            continue
-        engine = OnnxRuntimeEngine(bundle, f"{modality}_int8", False, cfg.cpu_threads, cfg.cpu_spin)
-        check = checks[modality] = check_engine(engine, reference, modality, "int8")
+        engine, check = checked_int8(bundle, modality, reference, cfg)
+        checks[modality] = check
         if check.passed:
             log.info("%s", check.describe())
             engines[modality] = engine

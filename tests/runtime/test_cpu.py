@@ -28,6 +28,7 @@ CPU implementer\t: 0x41
 """
 JETSON_NANO = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid\n"
 GRACE = "processor\t: 0\nFeatures\t: fp asimd asimddp sve i8mm bf16\n"
+SME_CORE = "processor\t: 0\nFeatures\t: fp asimd asimddp sve i8mm bf16 sme smei8i32\n"
 
 
 @pytest.mark.parametrize(
@@ -40,6 +41,7 @@ GRACE = "processor\t: 0\nFeatures\t: fp asimd asimddp sve i8mm bf16\n"
         (JETSON_ORIN, "aarch64", CpuIsa("aarch64", "NEON dotprod", True, "")),
         (JETSON_NANO, "aarch64", CpuIsa("aarch64", "NEON", True, "")),
         (GRACE, "aarch64", CpuIsa("aarch64", "NEON i8mm", True, "")),
+        (SME_CORE, "aarch64", CpuIsa("aarch64", "SME", True, "")),
         ("", "x86_64", CpuIsa("x86_64", "unknown", False, "")),
     ],
 )

@@ -144,3 +144,18 @@ def test_a_bundle_that_cannot_prove_its_int8_is_refused_or_served_fp32(bundle: P
             assert {(e.precision, e.check.rows) for e in client.info().engines} == {("fp32", 0)}
     finally:
         assert s.stop() == 0
+
+
+def test_runtime_check_runs_the_start_check_without_serving(bundle: Path, drifted: Path) -> None:
+    def check(b: Path) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "runtime", "check", "--bundle", str(b)]
+        return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+    good = check(bundle)
+    assert good.returncode == 0, good.stderr
+    lines = good.stdout.strip().splitlines()
+    assert [line.split(" graph ")[0] for line in lines] == ["image int8", "text int8"]
+    assert all(">= 0.99 on this CPU" in line for line in lines)
+    bad = check(drifted)
+    assert bad.returncode == 1
+    assert "text int8 graph text_encoder.int8.onnx: min cosine 0.8" in bad.stdout and "< 0.99" in bad.stdout
