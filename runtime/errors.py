@@ -1,5 +1,5 @@
-"""The one exception hierarchy of the runtime (DESIGN.md §7.5). `runtime.server.status_of` maps
-each class to one gRPC status code, in one place; messages name the offending item."""
+"""The one exception hierarchy of the runtime. `runtime.rpc.status_of` maps each class to one gRPC
+status code, in one place; messages name the offending item."""
 
 from __future__ import annotations
 
@@ -46,3 +46,12 @@ class EngineFailure(TesseraError):
 
 class AlreadyExists(TesseraError):
     """A named thing (a collection) exists already (ALREADY_EXISTS)."""
+
+
+class DiskFull(TesseraError):
+    """A write found no space; nothing of it was applied (RESOURCE_EXHAUSTED, naming the disk)."""
+
+
+class CorruptData(TesseraError):
+    """Stored data (a log, a snapshot, a collection's description) is damaged; the message names the
+    file and what to do. The server does not start on it."""

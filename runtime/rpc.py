@@ -15,6 +15,7 @@ import grpc
 from runtime.embedder import Content, EncodedImage, Pixels, Text
 from runtime.errors import (
     AlreadyExists,
+    DiskFull,
     EngineFailure,
     Expired,
     InvalidInput,
@@ -33,6 +34,7 @@ STATUS: list[tuple[type[Exception], grpc.StatusCode]] = [
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DiskFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Expired, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (EngineFailure, grpc.StatusCode.INTERNAL),

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import MissingDependency
+from runtime.errors import MissingDependency, NotFound
 from runtime.index.base import CollectionSpec, Hit
 
 HINT = "Milvus collections need pymilvus: `pip install 'tessera-embed[milvus]'` (pymilvus + milvus-lite)"
@@ -37,6 +37,7 @@ class MilvusCollection:
 
         self.spec, self.client = spec, client
         self.lock = threading.Lock()  # one pymilvus client, used from worker threads
+        self.closed = False  # dropped: every call raises NotFound (checked under the lock)
         if create and not client.has_collection(spec.name):
             schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=512)
@@ -57,10 +58,12 @@ class MilvusCollection:
             for i, v, c, p in zip(ids, vectors, codes, payloads, strict=True)
         ]
         with self.lock:
+            self._check_open()
             self.client.upsert(self.spec.name, rows)
 
     def delete(self, ids: list[str]) -> int:
         with self.lock:
+            self._check_open()
             present = self.client.get(self.spec.name, ids=list(dict.fromkeys(ids)), output_fields=["id"])
             if present:
                 self.client.delete(self.spec.name, ids=[r["id"] for r in present])
@@ -71,6 +74,7 @@ class MilvusCollection:
         if probe_codes is not None:
             kwargs["filter"] = f"code in [{', '.join(str(int(c)) for c in probe_codes)}]"
         with self.lock:
+            self._check_open()
             result = self.client.search(
                 self.spec.name, data=[query.tolist()], limit=top_k, output_fields=["payload"],
                 search_params={"metric_type": "IP"}, **kwargs,
@@ -82,6 +86,7 @@ class MilvusCollection:
 
     def get(self, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:
         with self.lock:
+            self._check_open()
             rows = self.client.get(self.spec.name, ids=ids, output_fields=["vector", "payload"])
         return {r["id"]: (np.asarray(r["vector"], np.float32), json.dumps(r["payload"])) for r in rows}
 
@@ -96,4 +101,9 @@ class MilvusCollection:
 
     def destroy(self) -> None:
         with self.lock:
+            self.closed = True
             self.client.drop_collection(self.spec.name)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise NotFound(f"collection {self.spec.name!r} was dropped")

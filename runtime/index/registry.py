@@ -5,22 +5,28 @@
     DATA/milvus.db                       the milvus-lite database, unless --milvus-uri names a cluster
 
 A collection remembers the model fingerprint it was made with; the server refuses to mix models.
+A collection is created in a hidden folder and renamed into place, its directory entries fsynced,
+so a crash leaves it whole or absent (a leftover `.<name>.creating` is removed at start). Every
+folder under collections/ must describe itself: one without a readable meta.json stops the start
+with the folder named, rather than the collection vanishing.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import AlreadyExists, InvalidInput, NotFound
+from runtime.errors import AlreadyExists, CorruptData, InvalidInput, NotFound
 from runtime.index import milvus
 from runtime.index.base import BACKENDS, Collection, CollectionSpec, check_name
 from runtime.index.builtin import BuiltinCollection
+from runtime.index.wal import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +44,16 @@ class Collections:
         self._milvus: Any = None
         self.lock = threading.Lock()
         self.open: dict[str, Collection] = {}
-        for meta in sorted(self.root.glob("*/meta.json")):
-            spec = CollectionSpec(**json.loads(meta.read_text()))
-            self.open[spec.name] = self._open(spec, meta.parent, create=False)
-            log.info("collection %s (%s): %d records", spec.name, spec.backend, self.open[spec.name].count())
+        for folder in sorted(self.root.iterdir()):
+            if folder.name.startswith(".") and folder.name.endswith(".creating"):
+                log.info("removing %s: a collection whose creation did not finish", folder)
+                shutil.rmtree(folder, ignore_errors=True)
+            elif folder.is_dir():
+                spec = read_spec(folder)
+                self.open[spec.name] = self._open(spec, folder, create=False)
+                log.info(
+                    "collection %s (%s): %d records", spec.name, spec.backend, self.open[spec.name].count()
+                )
 
     def _open(self, spec: CollectionSpec, root: Path, create: bool) -> Collection:
         if spec.backend == "builtin":
@@ -58,17 +70,25 @@ class Collections:
         with self.lock:
             if name in self.open:
                 raise AlreadyExists(f"collection {name!r} exists ({self.open[name].spec.backend})")
+            final = self.root / name
+            if final.exists():
+                raise AlreadyExists(f"{final} exists but is not an open collection: move it away first")
             spec = CollectionSpec(name, backend, self.dim, self.codebook_size, self.fingerprint)
             tmp = self.root / f".{name}.creating"
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            (tmp / "meta.json").write_text(json.dumps(asdict(spec), indent=2))
-            collection = self._open(spec, tmp, create=True)
-            if isinstance(collection, BuiltinCollection):
-                collection.destroy()
-            tmp.rename(self.root / name)
+            try:
+                tmp.mkdir()
+                write_durably(tmp / "meta.json", json.dumps(asdict(spec), indent=2))
+                collection = self._open(spec, tmp, create=True)
+                if isinstance(collection, BuiltinCollection):
+                    collection.destroy()
+                tmp.rename(final)
+                fsync_dir(self.root)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             if isinstance(collection, BuiltinCollection):  # reopen at its final path
-                collection = self._open(spec, self.root / name, create=False)
+                collection = self._open(spec, final, create=False)
             self.open[name] = collection
             return collection
 
@@ -91,6 +111,7 @@ class Collections:
                 raise NotFound(f"no collection {name!r}")
             collection.destroy()
             shutil.rmtree(self.root / name)
+            fsync_dir(self.root)
 
     def list(self) -> list[Collection]:
         return [self.open[k] for k in sorted(self.open)]
@@ -100,3 +121,29 @@ class Collections:
             collection.close()
         if self._milvus is not None:
             self._milvus.close()
+
+
+def read_spec(folder: Path) -> CollectionSpec:
+    """A collection folder's meta.json; a missing or damaged one raises CorruptData naming it."""
+    meta = folder / "meta.json"
+    if not meta.is_file():
+        raise CorruptData(
+            f"{meta} is missing: {folder} is a collection folder without its description. Restore the "
+            "file, or move the folder out of the data directory."
+        )
+    try:
+        spec = CollectionSpec(**json.loads(meta.read_text()))
+    except (OSError, ValueError, TypeError) as e:  # JSONDecodeError is a ValueError; TypeError: wrong keys
+        raise CorruptData(f"{meta}: unreadable collection description ({e}). Restore the file.") from e
+    if spec.name != folder.name:
+        raise CorruptData(f"{meta} describes collection {spec.name!r}, not {folder.name!r}")
+    return spec
+
+
+def write_durably(path: Path, text: str) -> None:
+    """The file and its directory entry on disk before returning."""
+    with path.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(path.parent)
