@@ -71,9 +71,7 @@ def export_bundle(ckpt: Path, out: Path) -> Path:
     from export.pipeline import Exporter, ExportOptions
 
     bundle = out / "bundle"
-    if (bundle / "manifest.json").is_file() and (
-        bundle / "manifest.json"
-    ).stat().st_mtime > ckpt.stat().st_mtime:
+    if reusable(bundle, ckpt):
         say(f"[2/5] export  reusing {bundle}")
     else:
         say(f"[2/5] export  {ckpt} -> {bundle}")
@@ -84,6 +82,20 @@ def export_bundle(ckpt: Path, out: Path) -> Path:
         say(f"        parity {p.graph:<10} vs {p.reference:<16} max|Δ| {p.max_abs_diff:.1e}  "
             f"min cos {p.min_cosine:.6f}  n={p.n}  {'ok' if p.passed else 'FAILED'}")  # fmt: skip
     return bundle
+
+
+def reusable(bundle: Path, ckpt: Path) -> bool:
+    """A bundle newer than the checkpoint that this version can still load (else: export again)."""
+    from runtime.errors import BundleError
+
+    manifest = bundle / "manifest.json"
+    if not manifest.is_file() or manifest.stat().st_mtime <= ckpt.stat().st_mtime:
+        return False
+    try:
+        load_bundle(bundle)
+    except BundleError:
+        return False
+    return True
 
 
 def match_level(described: list[Shape], scene_shapes: list[Shape]) -> int:

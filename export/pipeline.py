@@ -147,16 +147,16 @@ class Exporter:
         self.stage_parity(model, text, tmp)
         if o.int8:
             self.stage_int8(model, text, tmp)
-        manifest = replace(self.manifest(model, ckpt, text), fingerprint=fingerprint(checksums(tmp)))
+        manifest = self.manifest(model, ckpt, text)
+        manifest = replace(manifest, fingerprint=fingerprint(checksums(tmp), manifest.model_fields()))
         if o.tensorrt:
             from export.engines import build_engines  # tensorrt is imported lazily, there
 
             manifest = build_engines(manifest, tmp, o, self.progress)
         self.progress("manifest checksums and fingerprint")
         files = checksums(tmp)
-        assert fingerprint(files) == manifest.fingerprint  # engines were keyed by it
-        manifest = replace(manifest, files=files)
-        (tmp / MANIFEST).write_text(manifest.to_json())
+        assert fingerprint(files, manifest.model_fields()) == manifest.fingerprint  # engines were keyed by it
+        (tmp / MANIFEST).write_text(replace(manifest, files=files).sealed().to_json())
         self.progress("verify   reload with runtime.bundle")
         load_bundle(tmp)
 

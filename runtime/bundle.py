@@ -1,6 +1,6 @@
-"""The bundle contract (DESIGN.md §4): what `export` writes and `runtime` serves. No torch here.
+"""The bundle contract: what `export` writes and `runtime` serves. No torch here.
 
-    BUNDLE/manifest.json         schema "tessera.bundle/1": everything below, described
+    BUNDLE/manifest.json         schema "tessera.bundle/2": everything below, described, sealed
     BUNDLE/image_encoder.onnx    uint8 NHWC RGB [B, S, S, 3] -> embedding [B, d], code_scores [B, K]
     BUNDLE/text_encoder.onnx     input_ids, attention_mask int64 [B, L] -> embedding, code_scores
     BUNDLE/*.int8.onnx           optional dynamically quantised graphs (CPU)
@@ -11,25 +11,29 @@
                                  machine re-checks its int8 graphs against (runtime/selfcheck.py)
     BUNDLE/engines/*.plan        optional TensorRT plans, keyed in the manifest
 
-The manifest pins the sha256 of every file; `load_bundle` verifies them all and refuses a bundle
-with any changed byte, naming the file. The model fingerprint is a sha256 over the fp32 graphs,
-codebook and tokenizer, so any two bundles of the same model agree on it and vectors from another
-model can be refused.
+The manifest pins the sha256 of every file, and its own `digest` is the sha256 of the rest of it
+(canonical JSON), so `load_bundle` refuses a bundle with any changed byte anywhere — a file or the
+manifest itself — naming what changed. The model fingerprint is a sha256 over the fp32 graphs,
+codebook and tokenizer and the manifest fields that shape the vectors (`MODEL_FIELDS`: dimensions,
+image and text preprocessing), so any two bundles of the same model agree on it, a bundle whose
+preprocessing was edited (and re-sealed) does not pass for the same model, and vectors from
+another model can be refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from runtime.errors import BundleError
 
-SCHEMA = "tessera.bundle/1"
+SCHEMA = "tessera.bundle/2"
 MANIFEST = "manifest.json"
 FINGERPRINT_PARTS = ("image_encoder.onnx", "text_encoder.onnx", "codebook.npy", "tokenizer.json")
+MODEL_FIELDS = ("embed_dim", "codebook_size", "codebook_temp", "image", "text")  # with the files, the model
 
 
 @dataclass(frozen=True)
@@ -118,10 +122,19 @@ class Manifest:
     provenance: dict[str, Any]  # checkpoint sha256, training config, exporter and library versions, opset
     parity: list[ParityRecord] = field(default_factory=list)
     engines: list[EngineRecord] = field(default_factory=list)
-    reference: ReferenceSpec | None = None  # with int8 graphs (bundles exported before it: none)
+    reference: ReferenceSpec | None = None  # with int8 graphs
+    digest: str = ""  # sha256 of the canonical JSON of every other field (`seal`)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False)
+
+    def model_fields(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {k: data[k] for k in MODEL_FIELDS}
+
+    def sealed(self) -> Manifest:
+        """This manifest with its digest set: what the exporter writes."""
+        return replace(self, digest=digest(asdict(self)))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
@@ -151,6 +164,7 @@ class Manifest:
                 parity=[ParityRecord(**p) for p in data.get("parity", [])],
                 engines=[EngineRecord(**e) for e in data.get("engines", [])],
                 reference=ReferenceSpec(**data["reference"]) if data.get("reference") else None,
+                digest=str(data.get("digest", "")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"manifest is malformed: {e!r}") from e
@@ -164,12 +178,24 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def fingerprint(files: dict[str, str]) -> str:
-    """sha256 over the fp32 graphs, codebook and tokenizer digests, in a fixed order."""
+def canonical(value: Any) -> bytes:
+    """The one JSON text of a value (sorted keys, no spaces) that digests are taken over."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def fingerprint(files: dict[str, str], model: dict[str, Any]) -> str:
+    """sha256 over the fp32 graphs, codebook and tokenizer digests, in a fixed order, and the
+    manifest's MODEL_FIELDS (`model`, as `Manifest.model_fields` gives them)."""
     h = hashlib.sha256()
     for name in FINGERPRINT_PARTS:
         h.update(name.encode() + b"\0" + files[name].encode() + b"\n")
+    h.update(canonical({k: model[k] for k in MODEL_FIELDS}))
     return h.hexdigest()
+
+
+def digest(manifest: dict[str, Any]) -> str:
+    """sha256 of a manifest's fields but `digest` itself, as canonical JSON."""
+    return hashlib.sha256(canonical({k: v for k, v in manifest.items() if k != "digest"})).hexdigest()
 
 
 def checksums(root: Path) -> dict[str, str]:
@@ -209,15 +235,23 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
         raise BundleError(f"{manifest_path}: unreadable manifest: {e}") from e
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         found = data.get("schema") if isinstance(data, dict) else None
-        raise BundleError(f"{manifest_path}: schema {found!r} is not {SCHEMA!r}")
+        older = " (exported by an earlier Tessera: re-export it with `python -m export`)" if found else ""
+        raise BundleError(f"{manifest_path}: schema {found!r} is not {SCHEMA!r}{older}")
     manifest = Manifest.from_dict(data)
     if verify:
+        if data.get("digest") != digest(data):
+            raise BundleError(
+                f"{manifest_path} was changed after export (its digest does not match its contents): "
+                "restore it, or re-export the bundle"
+            )
         for name, want in manifest.files.items():
             path = root / name
             if not path.is_file():
                 raise BundleError(f"bundle {root}: {name} is missing")
             if sha256_file(path) != want:
                 raise BundleError(f"bundle {root}: {name} does not match its sha256 (changed or corrupt)")
-        if fingerprint(manifest.files) != manifest.fingerprint:
-            raise BundleError(f"bundle {root}: the model fingerprint does not match its files")
+        if fingerprint(manifest.files, manifest.model_fields()) != manifest.fingerprint:
+            raise BundleError(
+                f"bundle {root}: the model fingerprint does not match its files and model fields"
+            )
     return Bundle(root, manifest)

@@ -16,6 +16,10 @@ class PrecisionRefused(TesseraError):
     """A lower-precision graph failed its check on this machine (runtime/selfcheck.py): not served."""
 
 
+class StartError(TesseraError):
+    """The server cannot start as configured: a port in use, an address it cannot bind."""
+
+
 class MissingDependency(TesseraError, ImportError):
     """An optional dependency is not installed; the message holds the install command."""
 
@@ -55,3 +59,11 @@ class DiskFull(TesseraError):
 class CorruptData(TesseraError):
     """Stored data (a log, a snapshot, a collection's description) is damaged; the message names the
     file and what to do. The server does not start on it."""
+
+
+def shown(value: str, limit: int = 64) -> str:
+    """A caller's string as an error message quotes it: repr, cut to `limit` characters, so a
+    message never grows with the input (gRPC refuses status messages past its metadata limit)."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value):,} characters)"

@@ -1,11 +1,12 @@
-"""Turning request items into engine inputs (DESIGN.md §6 Preprocessing), with no float work per
-pixel: the image graph takes uint8 NHWC and normalises inside.
+"""Turning request items into engine inputs, with no float work per pixel: the image graph takes
+uint8 NHWC and normalises inside.
 
 - `ImageDecoder`: encoded bytes (JPEG, PNG, WebP) or raw RGB -> uint8 (S, S, 3). The header is read
   first and a decoded-pixel cap refuses decompression bombs before any pixel is decoded; JPEGs
   decode at a reduced scale with `draft` (DCT scaling, never below the target size); EXIF
-  orientation applied; RGB; bicubic resize to the manifest's square size, as the training eval
-  view and the export parity inputs do (`train.data.augment.eval_view`).
+  orientation applied; 16-bit greyscale scaled to 8 bits (Pillow's RGB conversion would clip it
+  to white); RGB; bicubic resize to the manifest's square size, as the training eval view and the
+  export parity inputs do (`train.data.augment.eval_view`).
 - `TextTokenizer`: the training caption clean-up (TCL's `pre_caption` without its word cap; tokens
   are capped instead), the bundle's tokenizer.json, truncation to the manifest's max length.
   Items are tokenised one by one; the batcher pads each batch to its longest sequence.
@@ -80,6 +81,9 @@ class ImageDecoder:
         return self._to_array(Image.fromarray(array, "RGB"))
 
     def _to_array(self, img: Image.Image) -> np.ndarray:
+        if img.mode == "I" or img.mode.startswith("I;16"):  # 16-bit greyscale PNG: keep the top 8 bits
+            wide = np.asarray(img).astype(np.int64)  # (H, W), 0..65535
+            img = Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8), "L")
         img = img.convert("RGB")
         if img.size != (self.size_px, self.size_px):
             img = img.resize((self.size_px, self.size_px), BICUBIC)

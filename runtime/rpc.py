@@ -1,5 +1,8 @@
-"""What every RPC shares: the one mapping from runtime errors to gRPC status codes (DESIGN.md §5),
-the `rpc` decorator that counts, times and maps errors, and message -> runtime conversions."""
+"""What every RPC shares: the one mapping from runtime errors to gRPC status codes, the `rpc`
+decorator that counts, times and maps errors, message -> runtime conversions, and `register`,
+which serves the service with deserializers that never raise: bytes that are not the request
+message become `Undecodable`, answered INVALID_ARGUMENT (a raising deserializer makes gRPC answer
+UNKNOWN and log a traceback for every such request), logged at most once a minute."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -28,6 +32,82 @@ from runtime.proto.tessera.v1 import tessera_pb2 as pb
 
 log = logging.getLogger(__name__)
 Msg = TypeVar("Msg")
+MAX_STATUS_CHARS = 1000
+UNDECODABLE_LOG_EVERY_S = 60.0
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """What a request that does not parse as its message type arrives as."""
+
+    message: str  # the expected message type's full name
+    error: str
+
+
+class Every:
+    """Lets a log line through at most once per interval; counts the ones it held back."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s, self.next, self.held = interval_s, 0.0, 0
+
+    def due(self) -> int | None:
+        """How many were held back since the last one let through, or None: hold this one back."""
+        now = time.monotonic()
+        if now < self.next:
+            self.held += 1
+            return None
+        self.next, held, self.held = now + self.interval_s, self.held, 0
+        return held
+
+
+_undecodable_log = Every(UNDECODABLE_LOG_EVERY_S)
+
+
+def tolerant(message: Any) -> Callable[[bytes], Any]:
+    """A deserializer for `message` that returns Undecodable instead of raising."""
+    name = message.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message.FromString(data)
+        except Exception as e:  # protobuf's DecodeError, or whatever its C parser raises
+            return Undecodable(name, str(e) or type(e).__name__)
+
+    return parse
+
+
+def decoded(request: Any) -> Any:
+    """The request, or InvalidInput where its bytes did not parse (logged once per interval)."""
+    if not isinstance(request, Undecodable):
+        return request
+    held = _undecodable_log.due()
+    if held is not None:
+        log.warning("a request is not a valid %s (%s); %d more since the last such line",
+                    request.message, request.error, held)  # fmt: skip
+    raise InvalidInput(f"the request is not a valid {request.message} message ({request.error})")
+
+
+def register(servicer: Any, server: grpc.aio.Server, service: str = "Tessera") -> None:
+    """Serves `servicer` as tessera.v1.<service>: the generated registration, with `tolerant`
+    deserializers."""
+    descriptor = pb.DESCRIPTOR.services_by_name[service]
+    kinds = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    handlers = {
+        m.name: kinds[(m.client_streaming, m.server_streaming)](
+            getattr(servicer, m.name),
+            request_deserializer=tolerant(getattr(pb, m.input_type.name)),
+            response_serializer=getattr(pb, m.output_type.name).SerializeToString,
+        )
+        for m in descriptor.methods
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(descriptor.full_name, handlers),))
+    server.add_registered_method_handlers(descriptor.full_name, handlers)
+
 
 STATUS: list[tuple[type[Exception], grpc.StatusCode]] = [
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
@@ -49,6 +129,12 @@ def status_of(error: Exception) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def status_message(text: str) -> str:
+    """An error's message, cut to MAX_STATUS_CHARS: a status message beyond the client's metadata
+    limit reaches it as RESOURCE_EXHAUSTED, hiding the real code."""
+    return text if len(text) <= MAX_STATUS_CHARS else text[:MAX_STATUS_CHARS] + "… (message cut)"
+
+
 def rpc(method: Callable[..., Awaitable[Msg]]) -> Callable[..., Awaitable[Msg]]:
     """Counts and times a unary RPC, and turns a raised error into its status code."""
 
@@ -57,10 +143,10 @@ def rpc(method: Callable[..., Awaitable[Msg]]) -> Callable[..., Awaitable[Msg]]:
         t0, name = time.perf_counter(), method.__name__
         code = grpc.StatusCode.OK
         try:
-            return await method(self, request, context)
+            return await method(self, decoded(request), context)
         except TesseraError as e:
             code = status_of(e)
-            await context.abort(code, str(e))
+            await context.abort(code, status_message(str(e)))
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise

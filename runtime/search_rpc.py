@@ -106,11 +106,7 @@ class SearchRpcs:
         scores = np.zeros((n, self.embedder.codebook.shape[0]), dtype=np.float32)  # (N, K)
         given = [i for i, it in enumerate(items) if it.HasField("vector")]
         for i in given:
-            v = self._vector(i, items[i].vector, what)
-            norm = float(np.linalg.norm(v))
-            if norm == 0.0:
-                raise InvalidInput(f"{what} {i}: the zero vector has no direction")
-            vectors[i] = v / norm
+            vectors[i] = self._vector(i, items[i].vector, what)  # checked, unit length
         if given:
             scores[given] = self.embedder.vector_scores(vectors[given])
         content = [i for i in range(n) if not items[i].HasField("vector")]

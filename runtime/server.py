@@ -34,16 +34,12 @@ from runtime.config import ServeConfig
 from runtime.cpu import CpuIsa, cpu_isa
 from runtime.embedder import Embedder as EmbedderImpl
 from runtime.embedder import top_codes
-from runtime.errors import (
-    InvalidInput,
-    TesseraError,
-    Unavailable,
-)
+from runtime.errors import InvalidInput, StartError, TesseraError, Unavailable, shown
 from runtime.index.registry import Collections
 from runtime.metrics import Metrics
 from runtime.proto.tessera.v1 import tessera_pb2 as pb
 from runtime.proto.tessera.v1 import tessera_pb2_grpc as pb_grpc
-from runtime.rpc import content_of, deadline_of, rpc, status_of, timings_of
+from runtime.rpc import content_of, deadline_of, decoded, register, rpc, status_message, status_of, timings_of
 from runtime.search_rpc import SearchRpcs
 
 log = logging.getLogger(__name__)
@@ -75,7 +71,8 @@ class Servicer(SearchRpcs, pb_grpc.TesseraServicer):
 
         async def read() -> None:
             async for request in request_iterator:
-                await window.put((request.request_id, asyncio.ensure_future(self._embed(request, context))))
+                request_id = getattr(request, "request_id", "")  # "" where the message did not parse
+                await window.put((request_id, asyncio.ensure_future(self._embed(request, context))))
             await window.put(None)
 
         reader = asyncio.ensure_future(read())
@@ -87,7 +84,8 @@ class Servicer(SearchRpcs, pb_grpc.TesseraServicer):
                     yield await task
                 except TesseraError as e:
                     code = status_of(e)
-                    await context.abort(code, f"request {request_id or '(no request_id)'}: {e}")
+                    which = shown(request_id) if request_id else "(no request_id)"
+                    await context.abort(code, status_message(f"request {which}: {e}"))
         finally:
             reader.cancel()
             while not window.empty():
@@ -163,6 +161,7 @@ class Servicer(SearchRpcs, pb_grpc.TesseraServicer):
 
     async def _embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         t0 = time.perf_counter()
+        request = decoded(request)  # a stream's messages do not pass through @rpc
         self._admit(request, len(request.items))
         items = [content_of(i, item) for i, item in enumerate(request.items)]
         out = await self.embedder.embed(items, deadline_of(context))
@@ -198,6 +197,9 @@ class Servicer(SearchRpcs, pb_grpc.TesseraServicer):
             )
 
     def _vector(self, index: int, v: pb.Vector, what: str = "item") -> np.ndarray:
+        """A caller's vector, checked (dimension, model, finite, not zero) and L2-normalised. The
+        norm is taken in float64: in float32 a 1e30 vector's norm overflows to a zero vector and a
+        1e-30 one's underflows to zero."""
         d = self.embedder.embed_dim
         if v.fingerprint and v.fingerprint != self.embedder.fingerprint:
             raise InvalidInput(
@@ -208,18 +210,36 @@ class Servicer(SearchRpcs, pb_grpc.TesseraServicer):
             raise InvalidInput(
                 f"{what} {index}: vector of {len(v.data)} bytes; expected {d} float32 values ({4 * d} bytes)"
             )
-        array = np.frombuffer(v.data, dtype="<f4").astype(np.float32)  # (d,)
+        array = np.frombuffer(v.data, dtype="<f4").astype(np.float64)  # (d,)
         if not np.isfinite(array).all():
             raise InvalidInput(f"{what} {index}: vector holds NaN or infinity")
-        return array
+        norm = float(np.linalg.norm(array))
+        if norm == 0.0:
+            raise InvalidInput(f"{what} {index}: the zero vector has no direction")
+        return (array / norm).astype(np.float32)
 
 
 # -- lifecycle --------------------------------------------------------------------------------------
 
 
+def bind(server: grpc.aio.Server, host: str, port: int) -> int:
+    """Binds the gRPC port; a port another process holds stops the start (StartError)."""
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as e:  # gRPC: "Failed to bind to address ..."
+        raise StartError(f"port {port} on {host} is in use (or not this machine's address): {e}") from e
+    if bound == 0:
+        raise StartError(f"port {port} on {host} could not be bound")
+    return bound
+
+
 async def serve(cfg: ServeConfig) -> int:
     """Runs the server until SIGTERM/SIGINT; returns the exit status."""
     bundle = load_bundle(cfg.bundle)
+    if cfg.backend == "tensorrt" and cfg.int8 == "off":  # fail before anything listens
+        from runtime.tensorrt import import_tensorrt
+
+        import_tensorrt()
     metrics = Metrics()
     embedder = EmbedderImpl(bundle, cfg, metrics)
     servicer = Servicer(embedder, cfg, metrics)
@@ -227,14 +247,20 @@ async def serve(cfg: ServeConfig) -> int:
         options=[
             ("grpc.max_receive_message_length", 2 * cfg.max_request_bytes),
             ("grpc.max_send_message_length", 64 << 20),
+            ("grpc.so_reuseport", 1 if cfg.reuse_port else 0),  # gRPC's default shares a taken port
         ]
     )
-    pb_grpc.add_TesseraServicer_to_server(servicer, server)
+    register(servicer, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    port = bind(server, cfg.host, cfg.port)
+    if cfg.metrics_port >= 0:
+        try:
+            metrics_port = metrics.serve(cfg.host, cfg.metrics_port)
+        except OSError as e:
+            raise StartError(f"metrics port {cfg.metrics_port} on {cfg.host}: {e.strerror}") from e
     for service in ("", SERVICE):
         await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
@@ -246,7 +272,7 @@ async def serve(cfg: ServeConfig) -> int:
         bundle.manifest.fingerprint[:12],
     )
     if cfg.metrics_port >= 0:
-        log.info("metrics on http://%s:%d/metrics", cfg.host, metrics.serve(cfg.host, cfg.metrics_port))
+        log.info("metrics on http://%s:%d/metrics", cfg.host, metrics_port)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

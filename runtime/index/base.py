@@ -9,11 +9,12 @@ from typing import Protocol
 
 import numpy as np
 
-from runtime.errors import InvalidInput
+from runtime.errors import InvalidInput, shown
 
-NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")  # valid for Milvus too
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")  # whole names only (fullmatch); valid for Milvus too
 MAX_ID_BYTES = 512
 MAX_PAYLOAD_BYTES = 64 << 10
+MAX_PAYLOAD_DEPTH = 32  # nested arrays and objects
 MAX_TOP_K = 1000
 BACKENDS = ("builtin", "milvus")
 
@@ -66,8 +67,8 @@ class Collection(Protocol):
 
 
 def check_name(name: str) -> str:
-    if not NAME.match(name):
-        raise InvalidInput(f"collection name {name!r} must match {NAME.pattern} (letters, digits, _)")
+    if not NAME.fullmatch(name):
+        raise InvalidInput(f"collection name {shown(name)} must be letters, digits and _ ({NAME.pattern})")
     return name
 
 
@@ -87,10 +88,30 @@ def check_payload(index: int, payload: str) -> str:
             f"record {index}: payload of {len(payload.encode()):,} bytes is over {MAX_PAYLOAD_BYTES:,}"
         )
     try:
-        json.loads(payload)
-    except json.JSONDecodeError as e:
+        value = json.loads(payload, parse_constant=_no_constant)
+    except RecursionError as e:
+        raise InvalidInput(f"record {index}: payload nests deeper than {MAX_PAYLOAD_DEPTH} levels") from e
+    except ValueError as e:  # JSONDecodeError, and NaN / Infinity refused below
         raise InvalidInput(f"record {index}: payload is not JSON ({e})") from e
+    if _depth(value) > MAX_PAYLOAD_DEPTH:
+        raise InvalidInput(f"record {index}: payload nests deeper than {MAX_PAYLOAD_DEPTH} levels")
     return payload
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _depth(value: object) -> int:
+    """How deeply arrays and objects nest in a parsed JSON value (iteratively: no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is not None:
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def check_top_k(top_k: int) -> int:

@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import AlreadyExists, CorruptData, InvalidInput, NotFound
+from runtime.errors import AlreadyExists, CorruptData, InvalidInput, NotFound, shown
 from runtime.index import milvus
 from runtime.index.base import BACKENDS, Collection, CollectionSpec, check_name
 from runtime.index.builtin import BuiltinCollection
@@ -66,7 +66,7 @@ class Collections:
         check_name(name)
         backend = backend or "builtin"
         if backend not in BACKENDS:
-            raise InvalidInput(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+            raise InvalidInput(f"backend {shown(backend)} is not one of {', '.join(BACKENDS)}")
         with self.lock:
             if name in self.open:
                 raise AlreadyExists(f"collection {name!r} exists ({self.open[name].spec.backend})")
@@ -96,7 +96,7 @@ class Collections:
         collection = self.open.get(name)
         if collection is None:
             have = ", ".join(sorted(self.open)) or "none"
-            raise NotFound(f"no collection {name!r} (collections: {have})")
+            raise NotFound(f"no collection {shown(name)} (collections: {have})")
         if collection.spec.fingerprint != self.fingerprint:
             raise InvalidInput(
                 f"collection {name!r} holds vectors of model {collection.spec.fingerprint[:12]}…; "
@@ -108,7 +108,7 @@ class Collections:
         with self.lock:
             collection = self.open.pop(name, None)
             if collection is None:
-                raise NotFound(f"no collection {name!r}")
+                raise NotFound(f"no collection {shown(name)}")
             collection.destroy()
             shutil.rmtree(self.root / name)
             fsync_dir(self.root)

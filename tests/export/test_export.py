@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -20,6 +21,7 @@ from export.parity import image_inputs, text_inputs
 from export.pipeline import Exporter, ExportError, ExportOptions
 from runtime.bundle import BundleError, load_bundle
 from runtime.cpu import cpu_isa
+from tests.bundles import rewritten
 from tests.conftest import REPO_ROOT
 from tests.train.test_loop import small
 from train.checkpoint import load_model
@@ -185,22 +187,36 @@ def test_a_changed_byte_is_refused_with_the_file_named(bundle: Path, tmp_path: P
 
 
 def test_another_schema_is_refused(bundle: Path, tmp_path: Path) -> None:
-    copy = tmp_path / "copy"
-    shutil.copytree(bundle, copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["schema"] = "tessera.bundle/2"
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match=r"schema 'tessera\.bundle/2' is not 'tessera\.bundle/1'"):
-        load_bundle(copy)
+    def older(manifest: dict[str, Any]) -> None:
+        manifest["schema"] = "tessera.bundle/1"
+
+    with pytest.raises(
+        BundleError, match=r"schema 'tessera\.bundle/1' is not 'tessera\.bundle/2' .*re-export"
+    ):
+        load_bundle(rewritten(bundle, tmp_path / "copy", edit_manifest=older))
+
+
+def test_an_edited_manifest_is_refused_and_cannot_pass_for_the_same_model(
+    bundle: Path, tmp_path: Path
+) -> None:
+    """A hand edit (the text length 40 -> 6 changes every vector) breaks the manifest's digest; one
+    re-sealed on purpose still fails the fingerprint, which covers the model fields."""
+
+    def shorter_texts(manifest: dict[str, Any]) -> None:
+        manifest["text"]["max_len"] = 6
+
+    with pytest.raises(BundleError, match=r"manifest.json was changed after export"):
+        load_bundle(rewritten(bundle, tmp_path / "edited", edit_manifest=shorter_texts, seal=False))
+    with pytest.raises(BundleError, match=r"fingerprint does not match its files and model fields"):
+        load_bundle(rewritten(bundle, tmp_path / "resealed", edit_manifest=shorter_texts))
 
 
 def test_a_manifest_without_optional_graph_fields_loads(bundle: Path, tmp_path: Path) -> None:
-    copy = tmp_path / "copy"
-    shutil.copytree(bundle, copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    for graph in manifest["graphs"].values():
-        del graph["disabled_optimizers"]  # as bundles exported before the field existed
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    def without(manifest: dict[str, Any]) -> None:
+        for graph in manifest["graphs"].values():
+            del graph["disabled_optimizers"]  # optional: absent means none
+
+    copy = rewritten(bundle, tmp_path / "copy", edit_manifest=without)
     assert all(g.disabled_optimizers == [] for g in load_bundle(copy).manifest.graphs.values())
 
 

@@ -135,7 +135,7 @@ def test_registry_creates_reopens_and_drops(tmp_path: Path) -> None:
     c.upsert(ids, vectors, codes, payloads)
     with pytest.raises(AlreadyExists):
         reg.create("photos", "builtin")
-    with pytest.raises(InvalidInput, match="must match"):
+    with pytest.raises(InvalidInput, match="must be letters, digits and _"):
         reg.create("bad name!", "builtin")
     reg.close()
     again = Collections(tmp_path, D, K, "f" * 64)

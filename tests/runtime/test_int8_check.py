@@ -6,46 +6,21 @@ bundle whose int8 graph really drifted on this CPU would look)."""
 
 from __future__ import annotations
 
-import json
-import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from runtime.bundle import MANIFEST, checksums
 from runtime.cpu import cpu_isa
+from tests.bundles import rewritten
 from tests.conftest import REPO_ROOT
 from tests.runtime.conftest import Server
 from tests.runtime.test_server import reference_text
 
 TEXTS = ["a red circle above a blue square", "two green triangles"]
-
-
-def rewritten(
-    bundle: Path,
-    to: Path,
-    edit_manifest: Callable[[dict[str, Any]], None] | None = None,
-    edit_reference: Callable[[dict[str, np.ndarray]], None] | None = None,
-) -> Path:
-    """A copy of `bundle` with its manifest and/or reference arrays edited, checksums renewed."""
-    shutil.copytree(bundle, to)
-    manifest = json.loads((to / MANIFEST).read_text())
-    if edit_reference is not None:
-        path = to / manifest["reference"]["file"]
-        with np.load(path) as ref:
-            arrays = {name: ref[name] for name in ref.files}
-        edit_reference(arrays)
-        np.savez_compressed(path, **arrays)
-    if edit_manifest is not None:
-        edit_manifest(manifest)
-    manifest["files"] = checksums(to)
-    (to / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return to
 
 
 def drifted_text(arrays: dict[str, np.ndarray]) -> None:

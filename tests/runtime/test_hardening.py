@@ -1,0 +1,175 @@
+"""Bad input gets the right status and a bounded message, and a bad start stops in one line: a
+real `python -m runtime serve` on 127.0.0.1, called over gRPC (raw bytes where the point is bytes
+that are not a valid message)."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from runtime.client import TesseraClient, vector_item
+from runtime.proto.tessera.v1 import tessera_pb2 as pb
+from tests.conftest import REPO_ROOT
+from tests.runtime.conftest import Server
+
+BAD_UTF8_TEXT = bytes([0x0A, 0x04, 0x0A, 0x02, 0xFF, 0xFE])  # EmbedRequest{items: [Item{text: b"\xff\xfe"}]}
+
+
+def upsert(client: TesseraClient, collection: str, *records: pb.Record) -> pb.UpsertResponse:
+    return client.stub.Upsert(pb.UpsertRequest(collection=collection, records=records), timeout=30)
+
+
+def code_of(call: object) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as err:
+        call()  # type: ignore[operator]
+    return err.value
+
+
+@pytest.fixture(scope="module")
+def photos(server: Server) -> str:
+    with server.client() as client:
+        client.stub.CreateCollection(pb.CreateCollectionRequest(name="hardening"), timeout=30)
+    return "hardening"
+
+
+def test_a_deeply_nested_payload_is_invalid_argument(server: Server, photos: str) -> None:
+    with server.client() as client:
+        for depth in (33, 30_000):  # 30,000 fits the 64 KiB cap and overflows Python's JSON recursion
+            record = pb.Record(id="deep", content=pb.Item(text="x"), payload_json="[" * depth + "]" * depth)
+            err = code_of(lambda r=record: upsert(client, photos, r))
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "nests deeper than 32" in err.details()
+        fine = pb.Record(id="ok", content=pb.Item(text="x"), payload_json="[" * 32 + "]" * 32)
+        assert upsert(client, photos, fine).upserted == 1
+
+
+def test_nan_and_infinity_in_a_payload_are_invalid_argument(server: Server, photos: str) -> None:
+    with server.client() as client:
+        for payload in ('{"x": NaN}', "[Infinity]", '{"y": -Infinity}'):
+            record = pb.Record(id="nan", content=pb.Item(text="x"), payload_json=payload)
+            err = code_of(lambda r=record: upsert(client, photos, r))
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "is not a JSON value" in err.details()
+
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_a_16_bit_greyscale_png_is_embedded_as_its_8_bit_picture(server: Server) -> None:
+    rng = np.random.default_rng(0)
+    wide = (rng.integers(0, 256, (40, 40)) * 257).astype(np.uint16)  # every 16-bit value v = 257 * (v >> 8)
+    assert Image.open(io.BytesIO(png(wide))).mode.startswith("I;16")
+    with server.client() as client:
+        got, eight, white = client.embed_images(
+            [png(wide), png((wide >> 8).astype(np.uint8)), png(np.full((40, 40), 255, np.uint8))]
+        )
+    assert np.allclose(got, eight, atol=1e-6) and not np.allclose(got, white, atol=1e-3)
+
+
+def test_bytes_that_are_not_the_request_message_are_invalid_argument_logged_once(server: Server) -> None:
+    with server.client() as client:
+        embed = client.channel.unary_unary("/tessera.v1.Tessera/Embed")
+        for _ in range(20):
+            err = code_of(lambda: embed(BAD_UTF8_TEXT, timeout=10))
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "the request is not a valid tessera.v1.EmbedRequest message" in err.details()
+        stream = client.channel.stream_stream("/tessera.v1.Tessera/EmbedStream")
+        err = code_of(lambda: list(stream(iter([BAD_UTF8_TEXT]), timeout=10)))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a valid" in err.details()
+        assert client.embed_texts(["still serving"]).shape[0] == 1
+    assert sum("is not a valid tessera.v1.EmbedRequest" in line for line in server.lines) == 1
+    assert not any("Traceback" in line for line in server.lines)
+
+
+def test_collection_names_match_whole_and_long_input_is_not_echoed_whole(server: Server) -> None:
+    with server.client() as client:
+        err = code_of(
+            lambda: client.stub.CreateCollection(pb.CreateCollectionRequest(name="a\n"), timeout=10)
+        )
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        long = "n" * 10_000
+        err = code_of(lambda: client.stub.CreateCollection(pb.CreateCollectionRequest(name=long), timeout=10))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "(10,000 characters)" in err.details()
+        search = pb.SearchRequest(collection=long, query=pb.Item(text="x"), top_k=1)
+        err = code_of(lambda: client.stub.Search(search, timeout=10))
+        assert err.code() == grpc.StatusCode.NOT_FOUND and len(err.details()) < 300
+        request = pb.EmbedRequest(items=[pb.Item(text="x")], request_id="r" * 10_000)
+        err = code_of(lambda: list(client.stub.EmbedStream(iter([request, pb.EmbedRequest()]), timeout=10)))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and len(err.details()) < 300
+
+
+def test_vector_norms_are_taken_without_overflow_or_underflow(server: Server, photos: str) -> None:
+    with server.client() as client:
+        info = client.info()
+        v = np.random.default_rng(1).normal(size=info.embed_dim).astype(np.float32)
+        unit = v / np.linalg.norm(v)
+        records = [
+            pb.Record(id=f"s{i}", content=vector_item(s * v)) for i, s in enumerate((1e30, 1e-30, 1.0))
+        ]
+        client.stub.Upsert(pb.UpsertRequest(collection=photos, records=records), timeout=30)
+        hits = client.stub.Search(
+            pb.SearchRequest(collection=photos, query=vector_item(v), top_k=3), timeout=30
+        )
+        assert {h.id for h in hits.hits} == {"s0", "s1", "s2"}
+        assert all(h.score == pytest.approx(1.0, abs=1e-5) for h in hits.hits)
+        huge = client.stub.Lookup(pb.LookupRequest(items=[vector_item(1e30 * v)], top_k=1), timeout=10)
+        same = client.stub.Lookup(pb.LookupRequest(items=[vector_item(unit)], top_k=1), timeout=10)
+        assert huge.results[0].codes[0].id == same.results[0].codes[0].id
+        zero = pb.LookupRequest(items=[vector_item(np.zeros(info.embed_dim, np.float32))], top_k=1)
+        err = code_of(lambda: client.stub.Lookup(zero, timeout=10))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "zero vector" in err.details()
+
+
+# -- starts that must stop ------------------------------------------------------------------------
+
+
+def start(bundle: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "runtime", "serve", "--bundle", str(bundle), *flags]
+    return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_a_taken_port_stops_the_start_unless_sharing_is_asked_for(server: Server, bundle: Path) -> None:
+    second = start(bundle, "--port", str(server.port), "--metrics-port", "-1")
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert f"error: port {server.port} on 127.0.0.1 is in use" in second.stderr.strip().splitlines()[-1]
+
+
+def test_a_taken_metrics_port_stops_the_start_in_one_line(server: Server, bundle: Path) -> None:
+    result = start(bundle, "--port", "0", "--metrics-port", str(server.metrics_port))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"error: metrics port {server.metrics_port} on 127.0.0.1: Address already in use" in result.stderr
+    assert "listening on" not in result.stderr
+
+
+def test_a_backend_that_cannot_load_stops_before_listening_without_noise(bundle: Path) -> None:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("TensorRT is installed here")
+    result = start(bundle, "--port", "0", "--backend", "tensorrt")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: TensorRT")
+    for noise in ("listening on", "Event loop is closed", "never awaited", "Traceback"):
+        assert noise not in result.stderr, noise
+
+
+def test_a_port_is_shared_only_between_servers_that_ask(bundle: Path, tmp_path: Path) -> None:
+    a = Server(bundle, "--reuse-port", data_dir=tmp_path / "a")
+    try:
+        b = Server(bundle, "--reuse-port", "--port", str(a.port), data_dir=tmp_path / "b")
+        assert b.port == a.port
+        assert b.stop() == 0
+        c = start(bundle, "--port", str(a.port), "--metrics-port", "-1", "--data-dir", str(tmp_path / "c"))
+        assert c.returncode == 1 and "is in use" in c.stderr
+    finally:
+        assert a.stop() == 0
