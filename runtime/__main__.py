@@ -70,7 +70,7 @@ def check(cfg: ServeConfig) -> int:
     assert reference is not None  # unprovable() found the manifest naming one
     passed = True
     for modality in ("image", "text"):
-        _, result = checked_int8(bundle, modality, reference, cfg)
+        _, _, result = checked_int8(bundle, modality, reference, cfg)
         print(result.describe(), flush=True)
         passed &= result.passed
     return 0 if passed else 1

@@ -36,8 +36,14 @@ class ServeConfig:
     max_items_per_request: int = 256  # beyond -> INVALID_ARGUMENT
     max_request_bytes: int = 16 << 20  # beyond -> INVALID_ARGUMENT (gRPC itself refuses > 2x)
     max_image_pixels: int = 40_000_000  # decoded width*height cap (decompression bombs)
+    max_inflight_mb: int = 256  # what requests hold at once (messages, decoded images); beyond it: refused
+    stream_window_mb: int = 32  # an EmbedStream's share of it: requests are read while they fit
+    max_concurrent_rpcs: int = 256  # RPCs at once; gRPC refuses more before reading them
+    max_streams_per_connection: int = 128  # HTTP/2 streams one client connection may have open
+    large_image_pixels: int = 4_000_000  # images bigger than this decode on their own thread
     max_text_chars: int = 8192  # characters per text item
     max_batch_tokens: int = 0  # text token budget per batch (padded), 0 = max_batch_size * max_len
+    engine_memory_mb: int = 128  # working memory one engine call may use; bigger batches run in several calls
     whole_text_batches: bool = False  # one engine call per text batch, not split by length (textsplit.py)
     cpu_threads: int = 0  # ONNX Runtime intra-op threads per engine, 0 = its default (all cores)
     cpu_spin: bool = False  # let ONNX Runtime's threads spin-wait (faster alone; steals the event loop's CPU)
@@ -59,7 +65,9 @@ class ServeConfig:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
         for name in ("max_batch_size", "max_queue", "max_items_per_request", "max_request_bytes",
-                     "max_image_pixels", "max_text_chars", "preprocess_threads"):  # fmt: skip
+                     "max_image_pixels", "max_text_chars", "preprocess_threads", "max_inflight_mb",
+                     "stream_window_mb", "max_concurrent_rpcs", "max_streams_per_connection",
+                     "engine_memory_mb"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if self.fsync not in ("always", "interval", "never"):

@@ -8,7 +8,9 @@ preprocessing on a thread pool and the codebook in memory. No gRPC here (see run
     out.embeddings  # (N, d) float32, L2-normalised;  out.code_scores  # (N, K)
 
 Items of one request are preprocessed concurrently (decode, tokenise), then submitted to their
-modality's batcher; a bad item fails the request with InvalidInput naming its index.
+modality's batcher; a bad item fails the request with InvalidInput naming its index. Images over
+`large_image_pixels` decode on a thread of their own, so a few huge ones queue behind each other
+rather than in front of everyone's ordinary images.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from runtime.admission import image_size
 from runtime.batcher import Batcher, Result
 from runtime.bundle import Bundle
 from runtime.config import ServeConfig
-from runtime.engines import Engine, EngineSet, open_engines
+from runtime.engines import Engine, EngineSet, open_engines, zero_feeds
 from runtime.errors import InvalidInput
 from runtime.metrics import Metrics
 from runtime.preprocess import ImageDecoder, TextTokenizer
@@ -77,6 +80,7 @@ class Embedder:
         self.decoder = ImageDecoder(m.image.size_px, cfg.max_image_pixels)
         self.tokenizer = TextTokenizer(bundle, cfg.max_text_chars)
         self.pool = ThreadPoolExecutor(max_workers=cfg.preprocess_threads, thread_name_prefix="preprocess")
+        self.large_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preprocess-large")
         self.metrics = metrics
         self.engines: EngineSet | None = None
         self.text_cost: CallCost | None = None  # the text engine's cost per call (None: never split)
@@ -86,17 +90,17 @@ class Embedder:
     # -- lifecycle --------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Opens the engines and warms each up with the largest batch (blocking; call off the loop)."""
-        engines = open_engines(self.bundle, self.cfg)  # int8 engines are checked on this CPU there
+        """Opens the engines and warms each up with the largest call it will run (blocking; call
+        off the loop). Opening measures each engine's items per call and checks int8 engines on
+        this CPU (runtime/engines.py)."""
+        engines = open_engines(self.bundle, self.cfg)
         if self.metrics:
             self.metrics.engines_opened(engines.checks, set(engines.notes))
-        b, s = self.cfg.max_batch_size, self.bundle.manifest.image.size_px
-        engines.image.run({"pixels": np.zeros((b, s, s, 3), dtype=np.uint8)})
-        ids = np.zeros((b, self.tokenizer.max_len), dtype=np.int64)  # (B, L)
-        engines.text.run({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        for modality, engine in (("image", engines.image), ("text", engines.text)):
+            engine.run(zero_feeds(self.bundle, modality, engines.calls[modality]))
         if not self.cfg.whole_text_batches:
-            text = engines.text
-            self.text_cost = CallCost(lambda: text.name, text_probe(text.run), b, self.tokenizer.max_len)
+            text, calls = engines.text, engines.calls["text"]
+            self.text_cost = CallCost(lambda: text.name, text_probe(text.run), calls, self.tokenizer.max_len)
             self.text_cost.call_tokens()  # measured now, off the serving path
         self.engines = engines
 
@@ -107,12 +111,15 @@ class Embedder:
         kw = dict(max_batch_size=cfg.max_batch_size, max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue)
         image_obs = self.metrics.observer("image") if self.metrics else None
         text_obs = self.metrics.observer("text") if self.metrics else None
-        image_runner = _image_runner(self.engines.image, image_obs.engine_call if image_obs else None)
+        image_runner = _image_runner(
+            self.engines.image, self.engines.calls["image"], image_obs.engine_call if image_obs else None
+        )
         self.image = Batcher("image", image_runner, **kw, observer=image_obs)
         budget = cfg.max_batch_tokens or cfg.max_batch_size * self.tokenizer.max_len
         text_runner = _text_runner(
-            self.engines.text, self.tokenizer, self.text_cost, text_obs.engine_call if text_obs else None
-        )
+            self.engines.text, self.engines.calls["text"], self.tokenizer, self.text_cost,
+            text_obs.engine_call if text_obs else None,
+        )  # fmt: skip
         self.text = Batcher("text", text_runner, **kw, cost=len, max_batch_cost=budget, observer=text_obs)
         self.image.start()
         self.text.start()
@@ -122,6 +129,7 @@ class Embedder:
             if batcher is not None:
                 await batcher.close()
         self.pool.shutdown(wait=False)
+        self.large_pool.shutdown(wait=False)
 
     # -- serving ----------------------------------------------------------------------------------
 
@@ -166,7 +174,9 @@ class Embedder:
         """Cheap items inline; decoding and resizing on the pool."""
         if self._cheap(item):
             return self._prepare(index, item)
-        return await loop.run_in_executor(self.pool, self._prepare, index, item)
+        w, h = image_size(item.data) if isinstance(item, EncodedImage) else (item.width, item.height)
+        pool = self.large_pool if w * h > self.cfg.large_image_pixels else self.pool
+        return await loop.run_in_executor(pool, self._prepare, index, item)
 
     def _prepare(self, index: int, item: Content) -> np.ndarray:
         try:
@@ -202,25 +212,37 @@ def top_codes(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, np.take_along_axis(scores, ids, axis=1)
 
 
-def _image_runner(engine: Engine, on_call: CallObserver | None) -> Runner:
+def _image_runner(engine: Engine, per_call: int, on_call: CallObserver | None) -> Runner:
+    """One batch of images -> engine calls of at most `per_call` images (runtime/footprint.py)."""
+
     def run(pixels: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        emb, scores = engine.run({"pixels": np.stack(pixels)})  # (B, S, S, 3) -> (B, d), (B, K)
-        if on_call:
-            on_call(len(pixels), 0)
-        return list(zip(emb, scores, strict=True))
+        out: list[tuple[np.ndarray, np.ndarray]] = []
+        for i in range(0, len(pixels), per_call):
+            chunk = pixels[i : i + per_call]
+            emb, scores = engine.run({"pixels": np.stack(chunk)})  # (n, S, S, 3) -> (n, d), (n, K)
+            if on_call:
+                on_call(len(chunk), 0)
+            out += zip(emb, scores, strict=True)
+        return out
 
     return run
 
 
 def _text_runner(
-    engine: Engine, tokenizer: TextTokenizer, cost: CallCost | None, on_call: CallObserver | None
+    engine: Engine,
+    per_call: int,
+    tokenizer: TextTokenizer,
+    cost: CallCost | None,
+    on_call: CallObserver | None,
 ) -> Runner:
-    """One batch of token rows -> one engine call per group of similar lengths (textsplit.py)."""
+    """One batch of token rows -> one engine call per group of similar lengths (textsplit.py), each
+    of at most `per_call` rows (runtime/footprint.py)."""
 
     def run(rows: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         out: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # row index -> (embedding, code scores)
         call_tokens = cost.call_tokens() if cost else math.inf
-        for group in split_by_length([len(r) for r in rows], call_tokens):
+        groups = split_by_length([len(r) for r in rows], call_tokens)
+        for group in (g[i : i + per_call] for g in groups for i in range(0, len(g), per_call)):
             ids, mask = tokenizer.pad([rows[i] for i in group])  # (G, L) each, L = the group's longest
             emb, scores = engine.run({"input_ids": ids, "attention_mask": mask})  # (G, d), (G, K)
             if on_call:

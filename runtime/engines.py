@@ -7,10 +7,11 @@
   machine without a GPU): each candidate is tried by creating the session and reading back the
   providers it really bound.
 - `runtime.tensorrt.TensorRTEngine`: a native TensorRT plan for this GPU (imported lazily).
-- `open_engines`: the engines of a bundle for a `ServeConfig`'s backend and int8 choice. An int8
-  engine is served only once it has passed its check on this CPU (runtime/selfcheck.py); one that
-  fails stops the start (`--int8`), or is replaced by its fp32 graph (`--int8=auto`), said in the
-  log, in `Info` and in the metrics.
+- `open_engines`: the engines of a bundle for a `ServeConfig`'s backend and int8 choice, each with
+  the items one call may take (measured as it opens, before anything else runs on it:
+  runtime/footprint.py). An int8 engine is served only once it has passed its check on this CPU
+  (runtime/selfcheck.py); one that fails stops the start (`--int8`), or is replaced by its fp32
+  graph (`--int8=auto`), said in the log, in `Info` and in the metrics.
 
 Engines are called from a worker thread (ONNX Runtime and TensorRT release the GIL), one batch at a
 time per engine.
@@ -27,6 +28,7 @@ import numpy as np
 from runtime.bundle import Bundle, GraphSpec
 from runtime.config import ServeConfig
 from runtime.errors import MissingDependency, PrecisionRefused
+from runtime.footprint import items_per_call, memory_per_item
 from runtime.selfcheck import PrecisionCheck, Reference, check_engine, load_reference
 
 log = logging.getLogger(__name__)
@@ -98,8 +100,28 @@ class OnnxRuntimeEngine:
 class EngineSet:
     image: Engine
     text: Engine
+    calls: dict[str, int]  # modality -> the most items one engine call takes
     checks: dict[str, PrecisionCheck] = field(default_factory=dict)  # modality -> its int8 check
     notes: dict[str, str] = field(default_factory=dict)  # modality -> why it is not what was asked for
+
+
+def zero_feeds(bundle: Bundle, modality: str, n: int) -> dict[str, np.ndarray]:
+    """n items of the largest shape a modality's engine takes (text at its maximum length)."""
+    m = bundle.manifest
+    if modality == "image":
+        return {"pixels": np.zeros((n, m.image.size_px, m.image.size_px, 3), dtype=np.uint8)}  # (n, S, S, 3)
+    ids = np.ones((n, m.text.max_len), dtype=np.int64)  # (n, L)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+
+def measured(engine: Engine, bundle: Bundle, modality: str, cfg: ServeConfig) -> int:
+    """Items per call for a freshly opened engine: its working memory per item against the
+    --engine-memory-mb budget (runtime/footprint.py). Run before anything else grows its arena."""
+    per_item = memory_per_item(lambda n: engine.run(zero_feeds(bundle, modality, n)), cfg.max_batch_size)
+    calls = items_per_call(per_item, cfg.max_batch_size, cfg.engine_memory_mb << 20)
+    log.info("%s engine: %.1f MB of working memory per item; at most %d items per call",
+             modality, per_item / 1e6, calls)  # fmt: skip
+    return calls
 
 
 def open_engines(bundle: Bundle, cfg: ServeConfig) -> EngineSet:
@@ -125,11 +147,13 @@ def open_engines(bundle: Bundle, cfg: ServeConfig) -> EngineSet:
             image, text = (
                 tensorrt.engine_for(bundle, k, cfg, lambda k=k: fallback(k)) for k in ("image", "text")
             )
-            return EngineSet(image, text)
+            return EngineSet(image, text, {"image": measured(image, bundle, "image", cfg),
+                                           "text": measured(text, bundle, "text", cfg)})  # fmt: skip
     image, text = (
         OnnxRuntimeEngine(bundle, k, True, cfg.cpu_threads, cfg.cpu_spin) for k in ("image", "text")
     )
-    return EngineSet(image, text)
+    return EngineSet(image, text, {"image": measured(image, bundle, "image", cfg),
+                                   "text": measured(text, bundle, "text", cfg)})  # fmt: skip
 
 
 def unprovable(bundle: Bundle) -> str | None:
@@ -146,16 +170,19 @@ def unprovable(bundle: Bundle) -> str | None:
 
 def checked_int8(
     bundle: Bundle, modality: str, reference: Reference, cfg: ServeConfig
-) -> tuple[OnnxRuntimeEngine, PrecisionCheck]:
-    """A modality's int8 engine on the CPU, and its check on the bundle's reference."""
+) -> tuple[OnnxRuntimeEngine, int, PrecisionCheck]:
+    """A modality's int8 engine on the CPU, its items per call, and its check on the bundle's
+    reference (run in calls of that size, as the server would)."""
     engine = OnnxRuntimeEngine(bundle, f"{modality}_int8", False, cfg.cpu_threads, cfg.cpu_spin)
-    return engine, check_engine(engine, reference, modality, "int8")
+    calls = measured(engine, bundle, modality, cfg)
+    return engine, calls, check_engine(engine, reference, modality, "int8", calls)
 
 
 def _open_int8(bundle: Bundle, cfg: ServeConfig) -> EngineSet:
     """int8 engines on the CPU, each checked against the bundle's fp32 reference first. A failed
     check raises PrecisionRefused (int8 "on"), or (int8 "auto") that modality serves its fp32 graph."""
     engines: dict[str, Engine] = {}
+    calls: dict[str, int] = {}
     checks: dict[str, PrecisionCheck] = {}
     notes: dict[str, str] = {}
 
@@ -167,19 +194,21 @@ def _open_int8(bundle: Bundle, cfg: ServeConfig) -> EngineSet:
         log.warning("%s; serving the %s encoder in fp32 (--int8=auto)", why, modality)
         notes[modality] = f"int8 not served: {why}"
         engines[modality] = OnnxRuntimeEngine(bundle, modality, False, cfg.cpu_threads, cfg.cpu_spin)
+        calls[modality] = measured(engines[modality], bundle, modality, cfg)
 
     if (why := unprovable(bundle)) is not None:
         for modality in ("image", "text"):
             fall_back(modality, why)
-        return EngineSet(engines["image"], engines["text"], checks, notes)
+        return EngineSet(engines["image"], engines["text"], calls, checks, notes)
     reference = load_reference(bundle)
     assert reference is not None  # unprovable() found the manifest naming one
     for modality in ("image", "text"):
-        engine, check = checked_int8(bundle, modality, reference, cfg)
+        engine, engine_calls, check = checked_int8(bundle, modality, reference, cfg)
         checks[modality] = check
         if check.passed:
             log.info("%s", check.describe())
-            engines[modality] = engine
+            engines[modality], calls[modality] = engine, engine_calls
         else:
+            del engine  # its arena goes with it
             fall_back(modality, check.describe())
-    return EngineSet(engines["image"], engines["text"], checks, notes)
+    return EngineSet(engines["image"], engines["text"], calls, checks, notes)

@@ -13,13 +13,21 @@
     tessera_dropped_items_total{modality, reason} queue_full | deadline | cancelled
     tessera_precision_check_min_cosine{modality, precision}  a graph's check on this CPU (selfcheck.py)
     tessera_int8_fallback{modality}               1: int8 was asked for, failed its check, fp32 serves
+    process_resident_memory_bytes, ...            the process (prometheus_client's process collector)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 
 from runtime.selfcheck import PrecisionCheck
 
@@ -31,6 +39,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # resident memory, CPU seconds, open files
         self.requests = Counter(
             "tessera_requests", "RPCs by method and status", ["method", "code"], registry=r
         )

@@ -29,69 +29,77 @@ class SearchRpcs:
     @rpc
     async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
         t0 = time.perf_counter()
-        self._admit(request, len(request.records))
-        collection = self._collections().get(request.collection)
-        ids = [check_id(i, r.id) for i, r in enumerate(request.records)]
-        payloads = [check_payload(i, r.payload_json) for i, r in enumerate(request.records)]
-        for i, r in enumerate(request.records):
-            if not r.HasField("content"):
-                raise InvalidInput(f"record {i}: no content (set text, image, pixels or vector)")
-        vectors, codes, timings = await self._vectors([r.content for r in request.records], context, "record")
-        await asyncio.to_thread(collection.upsert, ids, vectors, codes, payloads)
-        timings.total_ms = 1e3 * (time.perf_counter() - t0)
-        return pb.UpsertResponse(fingerprint=self.embedder.fingerprint, upserted=len(ids), timings=timings)
+        with self._admit(request, len(request.records), [r.content for r in request.records]):
+            collection = self._collections().get(request.collection)
+            ids = [check_id(i, r.id) for i, r in enumerate(request.records)]
+            payloads = [check_payload(i, r.payload_json) for i, r in enumerate(request.records)]
+            for i, r in enumerate(request.records):
+                if not r.HasField("content"):
+                    raise InvalidInput(f"record {i}: no content (set text, image, pixels or vector)")
+            vectors, codes, timings = await self._vectors(
+                [r.content for r in request.records], context, "record"
+            )
+            await asyncio.to_thread(collection.upsert, ids, vectors, codes, payloads)
+            timings.total_ms = 1e3 * (time.perf_counter() - t0)
+            return pb.UpsertResponse(
+                fingerprint=self.embedder.fingerprint, upserted=len(ids), timings=timings
+            )
 
     @rpc
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
-        self._admit(request, len(request.ids))
-        collection = self._collections().get(request.collection)
-        t0 = time.perf_counter()
-        ids = [check_id(i, record_id) for i, record_id in enumerate(request.ids)]
-        deleted = await asyncio.to_thread(collection.delete, ids)
-        timings = pb.Timings(total_ms=1e3 * (time.perf_counter() - t0))
-        return pb.DeleteResponse(deleted=deleted, fingerprint=self.embedder.fingerprint, timings=timings)
+        with self._admit(request, len(request.ids)):
+            collection = self._collections().get(request.collection)
+            t0 = time.perf_counter()
+            ids = [check_id(i, record_id) for i, record_id in enumerate(request.ids)]
+            deleted = await asyncio.to_thread(collection.delete, ids)
+            timings = pb.Timings(total_ms=1e3 * (time.perf_counter() - t0))
+            return pb.DeleteResponse(deleted=deleted, fingerprint=self.embedder.fingerprint, timings=timings)
 
     @rpc
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         t0 = time.perf_counter()
-        self._admit(request, 1 if request.HasField("query") else 0)
-        collection = self._collections().get(request.collection)
-        top_k = check_top_k(request.top_k)
-        k = self.embedder.codebook.shape[0]
-        if request.nprobe > k:
-            raise InvalidInput(f"nprobe {request.nprobe} is over the {k} codebook lists (0 = exact search)")
-        vectors, _, timings, scores = await self._vectors([request.query], context, "query", with_scores=True)
-        probe = None if request.nprobe == 0 else top_codes(scores, request.nprobe)[0][0]  # (nprobe,)
-        hits, scored = await asyncio.to_thread(collection.search, vectors[0], top_k, probe)
-        timings.total_ms = 1e3 * (time.perf_counter() - t0)
-        return pb.SearchResponse(
-            fingerprint=self.embedder.fingerprint, timings=timings, scored=scored,
-            hits=[pb.Hit(id=h.id, score=h.score, payload_json=h.payload) for h in hits],
-        )  # fmt: skip
+        with self._admit(request, 1 if request.HasField("query") else 0, [request.query]):
+            collection = self._collections().get(request.collection)
+            top_k = check_top_k(request.top_k)
+            k = self.embedder.codebook.shape[0]
+            if request.nprobe > k:
+                raise InvalidInput(
+                    f"nprobe {request.nprobe} is over the {k} codebook lists (0 = exact search)"
+                )
+            vectors, _, timings, scores = await self._vectors(
+                [request.query], context, "query", with_scores=True
+            )
+            probe = None if request.nprobe == 0 else top_codes(scores, request.nprobe)[0][0]  # (nprobe,)
+            hits, scored = await asyncio.to_thread(collection.search, vectors[0], top_k, probe)
+            timings.total_ms = 1e3 * (time.perf_counter() - t0)
+            return pb.SearchResponse(
+                fingerprint=self.embedder.fingerprint, timings=timings, scored=scored,
+                hits=[pb.Hit(id=h.id, score=h.score, payload_json=h.payload) for h in hits],
+            )  # fmt: skip
 
     @rpc
     async def CreateCollection(
         self, request: pb.CreateCollectionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CollectionInfo:
-        self._admit(request, 1)
-        collection = await asyncio.to_thread(self._collections().create, request.name, request.backend)
-        return collection_info(collection)
+        with self._admit(request, 1):
+            collection = await asyncio.to_thread(self._collections().create, request.name, request.backend)
+            return collection_info(collection)
 
     @rpc
     async def ListCollections(
         self, request: pb.ListCollectionsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListCollectionsResponse:
-        self._admit(request, 1)
-        infos = await asyncio.to_thread(lambda: [collection_info(c) for c in self._collections().list()])
-        return pb.ListCollectionsResponse(collections=infos)
+        with self._admit(request, 1):
+            infos = await asyncio.to_thread(lambda: [collection_info(c) for c in self._collections().list()])
+            return pb.ListCollectionsResponse(collections=infos)
 
     @rpc
     async def DropCollection(
         self, request: pb.DropCollectionRequest, context: grpc.aio.ServicerContext
     ) -> pb.DropCollectionResponse:
-        self._admit(request, 1)
-        await asyncio.to_thread(self._collections().drop, request.name)
-        return pb.DropCollectionResponse()
+        with self._admit(request, 1):
+            await asyncio.to_thread(self._collections().drop, request.name)
+            return pb.DropCollectionResponse()
 
     def _collections(self) -> Collections:
         assert self.collections is not None, "opened before SERVING"

@@ -9,9 +9,9 @@ the export) and every row is compared with the fp32 graph's embedding stored bes
     check = check_engine(engine, reference, "text", "int8")     # -> PrecisionCheck
     check.passed, check.min_cosine, check.describe()
 
-The rows run the ways the server runs them: all of them in one call, and the first few one at a
-time (a batch of one takes other kernel paths); a text row alone is cut to its own length, as the
-server's length split would send it.
+The rows run the ways the server runs them: together, in calls of at most the engine's items per
+call (runtime/footprint.py), and the first few one at a time (a batch of one takes other kernel
+paths); a text row alone is cut to its own length, as the server's length split would send it.
 """
 
 from __future__ import annotations
@@ -87,10 +87,16 @@ def load_reference(bundle: Bundle) -> Reference | None:
     return Reference(spec, inputs, embeddings)
 
 
-def check_engine(engine: Runs, reference: Reference, key: str, precision: str) -> PrecisionCheck:
+def check_engine(
+    engine: Runs, reference: Reference, key: str, precision: str, rows_per_call: int | None = None
+) -> PrecisionCheck:
     """Runs `engine` (the `precision` twin of graph `key`) on the reference rows; see the module doc."""
     feeds, want = reference.inputs[key], reference.embeddings[key]  # {name: (N, ...)}, (N, d)
-    got = [(engine.run(feeds)[0], want)]  # (N, d): all rows in one call
+    step = rows_per_call or len(want)
+    got = [  # every row, in calls of at most `step` rows: (n, d) each
+        (engine.run({name: x[i : i + step] for name, x in feeds.items()})[0], want[i : i + step])
+        for i in range(0, len(want), step)
+    ]
     for row in range(min(SINGLE_ROWS, len(want))):
         single = {name: x[row : row + 1] for name, x in feeds.items()}
         if "attention_mask" in single:  # cut the padding off, as the length split serves it

@@ -15,10 +15,11 @@ NOT_SERVING, new RPCs get UNAVAILABLE, in-flight ones finish within drain_s, col
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,14 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from runtime import __version__
+from runtime.admission import MB, Budget, Window, image_size, request_cost
 from runtime.bundle import load_bundle
 from runtime.config import ServeConfig
 from runtime.cpu import CpuIsa, cpu_isa
 from runtime.embedder import Embedder as EmbedderImpl
 from runtime.embedder import top_codes
 from runtime.errors import InvalidInput, StartError, TesseraError, Unavailable, shown
+from runtime.footprint import return_freed_memory_to_the_os
 from runtime.index.registry import Collections
 from runtime.metrics import Metrics
 from runtime.proto.tessera.v1 import tessera_pb2 as pb
@@ -44,7 +47,6 @@ from runtime.search_rpc import SearchRpcs
 
 log = logging.getLogger(__name__)
 SERVICE = "tessera.v1.Tessera"
-STREAM_WINDOW = 8  # EmbedStream requests in flight per stream
 
 
 class Servicer(SearchRpcs, pb_grpc.TesseraServicer):
@@ -53,51 +55,81 @@ class Servicer(SearchRpcs, pb_grpc.TesseraServicer):
         self.collections: Collections | None = None  # opened (recovered) with the engines
         self.ready = False  # engines loaded and warmed
         self.draining = False
+        self.budget = Budget(cfg.max_inflight_mb * MB)  # runtime/admission.py
 
     # -- RPCs -------------------------------------------------------------------------------------
 
     @rpc
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
-        return await self._embed(request, context)
+        with self._admit(request, len(request.items), request.items):
+            return await self._embed(request, context)
 
     async def EmbedStream(
         self, request_iterator: AsyncIterator[pb.EmbedRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EmbedResponse]:
-        """Pipelined: up to STREAM_WINDOW requests are computed while replies go out in order; an
+        """Pipelined within the stream's window of the in-flight budget (runtime/admission.py):
+        requests are read while their bytes fit, computed meanwhile, and answered in order; an
         error ends the stream with its status, naming the request_id."""
-        window: asyncio.Queue[tuple[str, asyncio.Future[pb.EmbedResponse]] | None] = asyncio.Queue(
-            STREAM_WINDOW
-        )
+        t0, code = time.perf_counter(), grpc.StatusCode.OK
+        window = Window(self.cfg.stream_window_mb * MB)
+        answers: asyncio.Queue[tuple[str, int, asyncio.Future[pb.EmbedResponse]] | None] = asyncio.Queue()
 
         async def read() -> None:
             async for request in request_iterator:
                 request_id = getattr(request, "request_id", "")  # "" where the message did not parse
-                await window.put((request_id, asyncio.ensure_future(self._embed(request, context))))
-            await window.put(None)
-
-        reader = asyncio.ensure_future(read())
-        t0, code = time.perf_counter(), grpc.StatusCode.OK
-        try:
-            while (entry := await window.get()) is not None:
-                request_id, task = entry
                 try:
-                    yield await task
+                    cost = self._check(decoded(request), len(request.items), request.items)
+                    await window.take(cost, f"request {shown(request_id)}")
                 except TesseraError as e:
-                    code = status_of(e)
-                    which = shown(request_id) if request_id else "(no request_id)"
-                    await context.abort(code, status_message(f"request {which}: {e}"))
+                    failed: asyncio.Future[pb.EmbedResponse] = asyncio.get_running_loop().create_future()
+                    failed.set_exception(e)
+                    await answers.put((request_id, 0, failed))
+                    return
+                await answers.put((request_id, cost, asyncio.ensure_future(self._embed(request, context))))
+            await answers.put(None)
+
+        reader: asyncio.Future[None] | None = None
+        request_id = ""  # of the answer being awaited, for the error's message
+        try:
+            with self.budget.reserve(window.capacity, "a new stream"):
+                reader = asyncio.ensure_future(read())
+                while (entry := await answers.get()) is not None:
+                    request_id, cost, task = entry
+                    try:
+                        yield await task
+                    finally:
+                        await window.give(cost)
+        except TesseraError as e:
+            code = status_of(e)
+            which = f"request {shown(request_id)}: " if request_id else ""
+            await context.abort(code, status_message(f"{which}{e}"))
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("EmbedStream failed")
+            await context.abort(code, "internal error in EmbedStream")
         finally:
-            reader.cancel()
-            while not window.empty():
-                pending = window.get_nowait()
+            if reader is not None:
+                reader.cancel()
+            while not answers.empty():
+                pending = answers.get_nowait()
                 if pending is not None:
-                    pending[1].cancel()
+                    pending[2].cancel()
             self.metrics.rpc_done("EmbedStream", code.name, time.perf_counter() - t0)
 
     @rpc
     async def Lookup(self, request: pb.LookupRequest, context: grpc.aio.ServicerContext) -> pb.LookupResponse:
+        with self._admit(request, len(request.items) + len(request.code_ids), request.items):
+            return await self._lookup(request, context)
+
+    async def _lookup(
+        self, request: pb.LookupRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LookupResponse:
         t0 = time.perf_counter()
-        self._admit(request, len(request.items) + len(request.code_ids))
         k = request.top_k or 1
         if k > self.embedder.codebook.shape[0]:
             raise InvalidInput(f"top_k {k} is over the codebook size {self.embedder.codebook.shape[0]}")
@@ -143,7 +175,7 @@ class Servicer(SearchRpcs, pb_grpc.TesseraServicer):
             for modality, e in self.embedder.engine_info():
                 info = pb.EngineInfo(
                     modality=modality, backend=e.name, precision=e.precision, graph=e.graph,
-                    note=notes.get(modality, ""),
+                    note=notes.get(modality, ""), items_per_call=self.embedder.engines.calls[modality],
                 )  # fmt: skip
                 if (c := checks.get(modality)) is not None:
                     info.check.CopyFrom(pb.PrecisionCheck(
@@ -160,9 +192,8 @@ class Servicer(SearchRpcs, pb_grpc.TesseraServicer):
         )  # fmt: skip
 
     async def _embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        """An admitted request's embeddings (Embed admits it; EmbedStream, its window)."""
         t0 = time.perf_counter()
-        request = decoded(request)  # a stream's messages do not pass through @rpc
-        self._admit(request, len(request.items))
         items = [content_of(i, item) for i, item in enumerate(request.items)]
         out = await self.embedder.embed(items, deadline_of(context))
         response = pb.EmbedResponse(
@@ -179,7 +210,10 @@ class Servicer(SearchRpcs, pb_grpc.TesseraServicer):
         response.timings.total_ms = 1e3 * (time.perf_counter() - t0)
         return response
 
-    def _admit(self, request: Any, n_items: int) -> None:
+    def _check(self, request: Any, n_items: int, items: Sequence[pb.Item] = ()) -> int:
+        """Refuses what cannot be served (warming up, draining, too many items or bytes); returns
+        the bytes the request will hold in flight (runtime/admission.py), read from its images'
+        headers before any is decoded."""
         if self.draining:
             raise Unavailable("the server is draining; retry on another replica")
         if not self.ready:
@@ -195,6 +229,20 @@ class Servicer(SearchRpcs, pb_grpc.TesseraServicer):
             raise InvalidInput(
                 f"request of {size:,} bytes is over the {self.cfg.max_request_bytes:,}-byte limit"
             )
+        images = [
+            image_size(it.image)
+            if it.WhichOneof("content") == "image"
+            else (it.pixels.width, it.pixels.height)
+            for it in items
+            if it.WhichOneof("content") in ("image", "pixels")
+        ]
+        return request_cost(size, images, self.embedder.decoder.size_px)
+
+    def _admit(
+        self, request: Any, n_items: int, items: Sequence[pb.Item] = ()
+    ) -> contextlib.AbstractContextManager[None]:
+        """`_check`, then the request's share of the in-flight budget, held until it is answered."""
+        return self.budget.reserve(self._check(request, n_items, items), f"a request of {n_items} items")
 
     def _vector(self, index: int, v: pb.Vector, what: str = "item") -> np.ndarray:
         """A caller's vector, checked (dimension, model, finite, not zero) and L2-normalised. The
@@ -236,6 +284,7 @@ def bind(server: grpc.aio.Server, host: str, port: int) -> int:
 async def serve(cfg: ServeConfig) -> int:
     """Runs the server until SIGTERM/SIGINT; returns the exit status."""
     bundle = load_bundle(cfg.bundle)
+    return_freed_memory_to_the_os()
     if cfg.backend == "tensorrt" and cfg.int8 == "off":  # fail before anything listens
         from runtime.tensorrt import import_tensorrt
 
@@ -244,11 +293,13 @@ async def serve(cfg: ServeConfig) -> int:
     embedder = EmbedderImpl(bundle, cfg, metrics)
     servicer = Servicer(embedder, cfg, metrics)
     server = grpc.aio.server(
+        maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,  # beyond: RESOURCE_EXHAUSTED, message unread
         options=[
             ("grpc.max_receive_message_length", 2 * cfg.max_request_bytes),
             ("grpc.max_send_message_length", 64 << 20),
             ("grpc.so_reuseport", 1 if cfg.reuse_port else 0),  # gRPC's default shares a taken port
-        ]
+            ("grpc.max_concurrent_streams", cfg.max_streams_per_connection),
+        ],
     )
     register(servicer, server)
     health = health_aio.HealthServicer()

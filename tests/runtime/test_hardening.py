@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -173,3 +175,86 @@ def test_a_port_is_shared_only_between_servers_that_ask(bundle: Path, tmp_path: 
         assert c.returncode == 1 and "is in use" in c.stderr
     finally:
         assert a.stop() == 0
+
+
+# -- admission ------------------------------------------------------------------------------------
+
+
+def truncated_png(width: int, height: int) -> bytes:
+    """A PNG whose header says width x height and whose pixel data is cut off: undecodable."""
+    whole = png(np.random.default_rng(0).integers(0, 256, (height, width), dtype=np.uint8))
+    return whole[: max(100, len(whole) // 2)]  # the header stays, half the pixel data goes
+
+
+def test_images_are_costed_from_their_headers_before_any_decode(bundle: Path, tmp_path: Path) -> None:
+    s = Server(bundle, "--max-inflight-mb", "16", data_dir=tmp_path)
+    try:
+        with s.client() as client:
+            request = pb.EmbedRequest(items=[pb.Item(image=truncated_png(3000, 3000))])
+            err = code_of(lambda: client.stub.Embed(request, timeout=10))
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "over the server's whole budget of 16 MB" in err.details()  # not "could not be decoded"
+            small = pb.EmbedRequest(items=[pb.Item(image=truncated_png(40, 40))])
+            assert "could not be decoded" in code_of(lambda: client.stub.Embed(small, timeout=10)).details()
+    finally:
+        assert s.stop() == 0
+
+
+def test_streams_hold_their_window_of_the_budget_and_what_does_not_fit_is_refused(
+    bundle: Path, tmp_path: Path
+) -> None:
+    s = Server(bundle, "--max-inflight-mb", "64", "--stream-window-mb", "32", data_dir=tmp_path)
+    try:
+        with s.client() as client:
+            text = pb.EmbedRequest(items=[pb.Item(text="a red circle")])
+            release = threading.Event()
+
+            def held_open() -> Iterator[pb.EmbedRequest]:
+                yield text
+                release.wait(30)  # the stream stays open, holding its window
+
+            opened = [client.stub.EmbedStream(held_open(), timeout=30) for _ in range(2)]
+            firsts = [next(stream) for stream in opened]  # both streams open: 2 x 32 MB held
+            assert all(len(f.embeddings) == 1 for f in firsts)
+            third = code_of(lambda: next(client.stub.EmbedStream(iter([text]), timeout=10)))
+            assert (
+                third.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                and "in-flight budget is full" in third.details()
+            )
+            unary = code_of(lambda: client.stub.Embed(text, timeout=10))
+            assert unary.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            release.set()
+            for stream in opened:
+                assert list(stream) == []  # the stream ends and frees its window
+            assert client.embed_texts(["served again"]).shape[0] == 1
+            big = pb.EmbedRequest(
+                items=[pb.Item(pixels=pb.RawImage(width=2000, height=2000, rgb=bytes(12_000_000)))]
+            )
+            err = code_of(lambda: list(client.stub.EmbedStream(iter([big]), timeout=10)))
+            assert (
+                err.code() == grpc.StatusCode.INVALID_ARGUMENT
+                and "over a stream's window of 32 MB" in err.details()
+            )
+    finally:
+        assert s.stop() == 0
+
+
+def test_rpcs_beyond_the_concurrency_limit_are_resource_exhausted(bundle: Path, tmp_path: Path) -> None:
+    s = Server(bundle, "--max-concurrent-rpcs", "4", "--max-wait-ms", "300", data_dir=tmp_path)
+    try:
+        with s.client() as client:
+            calls = [
+                client.stub.Embed.future(pb.EmbedRequest(items=[pb.Item(text=f"t{i}")]), timeout=30)
+                for i in range(24)
+            ]
+            codes = []
+            for call in calls:
+                try:
+                    call.result()
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as e:
+                    codes.append(e.code())
+        assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert codes.count(grpc.StatusCode.OK) >= 4
+    finally:
+        assert s.stop() == 0

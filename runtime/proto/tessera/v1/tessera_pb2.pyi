@@ -157,20 +157,22 @@ class PrecisionCheck(_message.Message):
     def __init__(self, graph: _Optional[str] = ..., precision: _Optional[str] = ..., min_cosine: _Optional[float] = ..., threshold: _Optional[float] = ..., passed: _Optional[bool] = ..., rows: _Optional[int] = ...) -> None: ...
 
 class EngineInfo(_message.Message):
-    __slots__ = ("modality", "backend", "precision", "graph", "check", "note")
+    __slots__ = ("modality", "backend", "precision", "graph", "check", "note", "items_per_call")
     MODALITY_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     CHECK_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_PER_CALL_FIELD_NUMBER: _ClassVar[int]
     modality: str
     backend: str
     precision: str
     graph: str
     check: PrecisionCheck
     note: str
-    def __init__(self, modality: _Optional[str] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., graph: _Optional[str] = ..., check: _Optional[_Union[PrecisionCheck, _Mapping]] = ..., note: _Optional[str] = ...) -> None: ...
+    items_per_call: int
+    def __init__(self, modality: _Optional[str] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., graph: _Optional[str] = ..., check: _Optional[_Union[PrecisionCheck, _Mapping]] = ..., note: _Optional[str] = ..., items_per_call: _Optional[int] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
     __slots__ = ("fingerprint", "embed_dim", "codebook_size", "image_size_px", "text_max_tokens", "limits", "engines", "version", "cpu", "exported_on")
