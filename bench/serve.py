@@ -54,6 +54,7 @@ from runtime.bundle import Bundle, load_bundle, sha256_file
 from runtime.config import ServeConfig
 from runtime.embedder import Embedder
 from runtime.engines import EngineSet
+from runtime.errors import BundleError
 from runtime.launch import REPO_ROOT
 from runtime.launch import ServerProcess as Server
 from runtime.metrics import Metrics
@@ -76,9 +77,13 @@ def ensure_bundle(name: str, checkpoint: Path) -> Path:
 
     out = Path("runs/bench") / f"bundle-{name}"
     if (out / "manifest.json").is_file():
-        made_from = load_bundle(out).manifest.provenance.get("checkpoint_sha256")
-        if not checkpoint.is_file() or made_from == sha256_file(checkpoint):
-            return out
+        try:
+            made_from = load_bundle(out).manifest.provenance.get("checkpoint_sha256")
+        except BundleError:  # an older schema, or damaged: export again
+            made_from = None
+        else:
+            if not checkpoint.is_file() or made_from == sha256_file(checkpoint):
+                return out
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = checkpoint
         if not checkpoint.is_file():
@@ -230,7 +235,8 @@ def python_us_per_request(path: Path, pool: list[pb.Item], n: int = 2000, repeat
         cfg = ServeConfig(bundle=str(path), max_batch_size=BATCH, max_wait_ms=MAX_WAIT_MS)
         metrics = Metrics()
         embedder = Embedder(bundle, cfg, metrics)
-        embedder.engines = EngineSet(*(InstantEngine(m.embed_dim, m.codebook_size) for _ in range(2)))
+        image, text = (InstantEngine(m.embed_dim, m.codebook_size) for _ in range(2))
+        embedder.engines = EngineSet(image, text, {"image": cfg.max_batch_size, "text": cfg.max_batch_size})
         embedder.start()
         servicer = Servicer(embedder, cfg, metrics)
         servicer.ready = True

@@ -3,16 +3,21 @@ decoded, so that no client can starve the others.
 
 Three layers, from the outside in:
 - gRPC refuses RPCs beyond `--max-concurrent-rpcs` (RESOURCE_EXHAUSTED) before reading their
-  messages, and one connection may have at most `--max-streams-per-connection` streams open
-  (HTTP/2: the client queues the rest).
-- `Budget`: bytes in flight across all requests, `--max-inflight-mb`. A request reserves its own
-  bytes plus what its images decode to (read from their headers: width x height x 3) and its
-  engine inputs, before decoding; what does not fit now is RESOURCE_EXHAUSTED (retry with
-  backoff), what could never fit is INVALID_ARGUMENT. The reservation is returned when the
-  request is answered.
-- `Window`: an EmbedStream holds a fixed share of the budget for its life and reads requests only
-  while they fit in it. A client that sends faster than it reads replies stalls itself (HTTP/2 flow
-  control), not the server; streams beyond what the budget can hold are refused at start.
+  messages. A message is not read ahead either: the server serves every unary method through a
+  stream handler that pulls its one message when the handler asks (runtime/rpc.py), and HTTP/2's
+  bandwidth probe, which would widen the window to buffer unread messages, is off. Until then a
+  call holds one flow-control window of the client's bytes.
+- `Budget`: bytes in flight across all requests, `--max-inflight-mb`. Before its message is read, a
+  call reserves the most a request may be (`--max-request-bytes`), waiting up to
+  `--admission-wait-ms` for room; once read, the reservation becomes the request's real cost: its
+  bytes plus what its images decode to (read from their headers: width x height x 3, before any is
+  decoded) and its engine inputs. What does not fit is RESOURCE_EXHAUSTED (retry with backoff),
+  what could never fit is INVALID_ARGUMENT. The reservation is returned when the request is
+  answered. So receiving and serving together hold at most the budget.
+- A stream's window: an EmbedStream holds a fixed share of the budget for its life, as a Budget of
+  its own, and reads its next request only while the most a request may be fits in it. A client
+  that sends faster than it reads replies stalls itself (HTTP/2 flow control), not the server;
+  streams beyond what the budget can hold are refused at start.
 
 Everything here runs on the event loop thread: no locks.
 
@@ -24,6 +29,7 @@ Everything here runs on the event loop thread: no locks.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import io
 from collections.abc import Iterator, Sequence
@@ -33,6 +39,10 @@ from PIL import Image
 from runtime.errors import InvalidInput, Overloaded
 
 MB = 1 << 20
+# A received message is held twice while it is served: gRPC's buffer until it is parsed, then the
+# parsed message (its bytes fields copied out); and three times for a moment in between.
+RECEIVE_COPIES, HELD_COPIES = 3, 2
+PILLOW_BYTES_PER_PIXEL = 4  # RGB is stored as RGBX
 
 
 def image_size(data: bytes) -> tuple[int, int]:
@@ -45,59 +55,110 @@ def image_size(data: bytes) -> tuple[int, int]:
         return 0, 0
 
 
+def receive_cost(max_request_bytes: int) -> int:
+    """What reading a message of unknown size may hold at its peak."""
+    return RECEIVE_COPIES * max_request_bytes
+
+
 def request_cost(request_bytes: int, images: Sequence[tuple[int, int]], size_px: int) -> int:
-    """Bytes a request holds at its peak: its message, each image decoded (RGB, plus Pillow's
-    working copy for the resize) and each item's engine input."""
-    decoded = sum(2 * 3 * w * h for w, h in images)
-    inputs = 3 * size_px * size_px * len(images)
-    return request_bytes + decoded + inputs
+    """Bytes a request holds at its peak once read: its message as held, each image decoded (Pillow
+    keeps RGB at 4 bytes a pixel; the decoder makes no other full-size copy) and resized, and each
+    item's engine input."""
+    decoded = sum(PILLOW_BYTES_PER_PIXEL * w * h for w, h in images)
+    inputs = (PILLOW_BYTES_PER_PIXEL + 3) * size_px * size_px * len(images)
+    return HELD_COPIES * request_bytes + decoded + inputs
 
 
 class Budget:
     """Bytes in flight, refused beyond `capacity_bytes`."""
 
-    def __init__(self, capacity_bytes: int) -> None:
-        self.capacity, self.used = capacity_bytes, 0
+    def __init__(self, capacity_bytes: int, name: str = "the server's in-flight budget") -> None:
+        self.capacity, self.used, self.name = capacity_bytes, 0, name
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()  # woken as bytes free
+
+    def _refuse(self, nbytes: int, what: str) -> Exception:
+        if nbytes > self.capacity:
+            return InvalidInput(
+                f"{what} needs {nbytes / MB:,.0f} MB in flight, over the whole of {self.name} "
+                f"({self.capacity / MB:,.0f} MB): send fewer or smaller items"
+            )
+        used, capacity = self.used / MB, self.capacity / MB
+        return Overloaded(
+            f"{self.name} is full ({used:,.0f} of {capacity:,.0f} MB in use; {what} needs "
+            f"{nbytes / MB:,.1f} MB): retry with backoff"
+        )
 
     @contextlib.contextmanager
     def reserve(self, nbytes: int, what: str) -> Iterator[None]:
-        if nbytes > self.capacity:
-            raise InvalidInput(
-                f"{what} needs {nbytes / MB:,.0f} MB in flight, over the server's whole budget of "
-                f"{self.capacity / MB:,.0f} MB: send fewer or smaller items"
-            )
-        if self.used + nbytes > self.capacity:
-            used, capacity = self.used / MB, self.capacity / MB
-            raise Overloaded(
-                f"the server's in-flight budget is full ({used:,.0f} of {capacity:,.0f} MB in use; {what} "
-                f"needs {nbytes / MB:,.1f} MB): retry with backoff"
-            )
-        self.used += nbytes
+        """`nbytes` now, or Overloaded (InvalidInput where it could never fit); returned on exit."""
+        reservation = self.take_now(nbytes, what)
         try:
             yield
         finally:
-            self.used -= nbytes
+            reservation.release()
 
+    def take_now(self, nbytes: int, what: str) -> Reservation:
+        if self.used + nbytes > self.capacity:
+            raise self._refuse(nbytes, what)
+        self.used += nbytes
+        return Reservation(self, nbytes)
 
-class Window:
-    """An EmbedStream's share of the budget: requests are read only while their bytes fit."""
-
-    def __init__(self, capacity_bytes: int) -> None:
-        self.capacity, self.used = capacity_bytes, 0
-        self.freed = asyncio.Condition()
-
-    async def take(self, nbytes: int, what: str) -> None:
-        """Waits until `nbytes` fit (the stream's earlier requests answered)."""
+    async def take(self, nbytes: int, what: str, wait_s: float | None) -> Reservation:
+        """`nbytes`, waiting up to `wait_s` for room (None: as long as it takes); then Overloaded."""
         if nbytes > self.capacity:
-            raise InvalidInput(
-                f"{what} needs {nbytes / MB:,.0f} MB in flight, over a stream's window of "
-                f"{self.capacity / MB:,.0f} MB: send it as several requests"
-            )
-        async with self.freed:
-            await self.freed.wait_for(lambda: self.used + nbytes <= self.capacity)
-            self.used += nbytes
+            raise self._refuse(nbytes, what)
+        loop = asyncio.get_running_loop()
+        deadline = None if wait_s is None else loop.time() + wait_s
+        while self.used + nbytes > self.capacity:
+            woken: asyncio.Future[None] = loop.create_future()
+            self.waiters.append(woken)
+            try:
+                await asyncio.wait_for(woken, None if deadline is None else max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError as e:  # not the builtin TimeoutError before Python 3.11
+                raise self._refuse(nbytes, what) from e
+            finally:
+                if not woken.done():
+                    self.waiters.remove(woken)
+        self.used += nbytes
+        return Reservation(self, nbytes)
 
-    async def give(self, nbytes: int) -> None:
-        async with self.freed:
-            self.used -= nbytes
-            self.freed.notify_all()
+    def _give(self, nbytes: int) -> None:
+        self.used -= nbytes
+        while self.waiters:  # each rechecks whether it fits now
+            woken = self.waiters.popleft()
+            if not woken.done():
+                woken.set_result(None)
+
+
+class Reservation:
+    """Part of a Budget, held until released; resized once a request's real cost is known."""
+
+    def __init__(self, budget: Budget, nbytes: int) -> None:
+        self.budget, self.nbytes = budget, nbytes
+
+    def resize(self, nbytes: int, what: str) -> None:
+        """Grows (if the room is there now: else Overloaded) or shrinks to `nbytes`."""
+        more = nbytes - self.nbytes
+        if more > 0:
+            if self.budget.used + more > self.budget.capacity:
+                raise self.budget._refuse(nbytes, what)
+            self.budget.used += more
+        elif more < 0:
+            self.budget._give(-more)
+        self.nbytes = nbytes
+
+    async def grow_to(self, nbytes: int, what: str) -> None:
+        """Resizes to `nbytes`, waiting as long as it takes for room to grow into (a stream's window,
+        where earlier requests' answers free it)."""
+        if nbytes > self.budget.capacity:
+            raise self.budget._refuse(nbytes, what)
+        if nbytes > self.nbytes:
+            more = await self.budget.take(nbytes - self.nbytes, what, None)
+            self.nbytes, more.nbytes = nbytes, 0
+        else:
+            self.resize(nbytes, what)
+
+    def release(self) -> None:
+        if self.nbytes:
+            self.budget._give(self.nbytes)
+            self.nbytes = 0

@@ -34,12 +34,15 @@ class ServeConfig:
     max_wait_ms: float = 5.0  # longest an item waits for its batch to fill
     max_queue: int = 1024  # items waiting per modality; beyond -> RESOURCE_EXHAUSTED
     max_items_per_request: int = 256  # beyond -> INVALID_ARGUMENT
-    max_request_bytes: int = 16 << 20  # beyond -> INVALID_ARGUMENT (gRPC itself refuses > 2x)
+    max_request_bytes: int = 4 << 20  # beyond -> INVALID_ARGUMENT (gRPC itself refuses > 2x)
     max_image_pixels: int = 40_000_000  # decoded width*height cap (decompression bombs)
     max_inflight_mb: int = 256  # what requests hold at once (messages, decoded images); beyond it: refused
-    stream_window_mb: int = 32  # an EmbedStream's share of it: requests are read while they fit
+    stream_window_mb: int = 32  # an EmbedStream's share of it (streams hold at most half of it)
     max_concurrent_rpcs: int = 256  # RPCs at once; gRPC refuses more before reading them
-    max_streams_per_connection: int = 128  # HTTP/2 streams one client connection may have open
+    max_streams_per_connection: int = (
+        0  # HTTP/2 streams one connection may open, 0 = gRPC's default (no limit)
+    )
+    admission_wait_ms: float = 1000.0  # how long a call waits for room in the in-flight budget
     large_image_pixels: int = 4_000_000  # images bigger than this decode on their own thread
     max_text_chars: int = 8192  # characters per text item
     max_batch_tokens: int = 0  # text token budget per batch (padded), 0 = max_batch_size * max_len
@@ -66,12 +69,16 @@ class ServeConfig:
             raise ValueError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
         for name in ("max_batch_size", "max_queue", "max_items_per_request", "max_request_bytes",
                      "max_image_pixels", "max_text_chars", "preprocess_threads", "max_inflight_mb",
-                     "stream_window_mb", "max_concurrent_rpcs", "max_streams_per_connection",
-                     "engine_memory_mb"):  # fmt: skip
+                     "stream_window_mb", "max_concurrent_rpcs", "engine_memory_mb"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if self.fsync not in ("always", "interval", "never"):
             raise ValueError(f"fsync {self.fsync!r} is not one of always, interval, never")
+        if self.stream_window_mb << 20 < 3 * self.max_request_bytes:  # admission.receive_cost
+            raise ValueError(
+                f"stream_window_mb {self.stream_window_mb} cannot receive one request of max_request_bytes "
+                f"{self.max_request_bytes:,} (it needs 3x that)"
+            )
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be ≥ 0, got {self.max_wait_ms}")
 

@@ -54,16 +54,30 @@ def items_per_call(per_item_bytes: float, max_items: int, budget_bytes: int) -> 
     return max(1, min(max_items, int(budget_bytes // per_item_bytes)))
 
 
+def _glibc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return (
+            libc if libc is not None and hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+        )
+    except OSError:
+        return None
+
+
 def return_freed_memory_to_the_os() -> None:
     """Large buffers (request bytes, decoded images, batches) are freed back to the OS as they go:
     glibc otherwise raises its mmap threshold after the first large free and serves later large
     blocks from heaps that never shrink, and grows one heap per thread. No-op off glibc."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    try:
-        libc = ctypes.CDLL(name)
+    libc = _glibc()
+    if libc is not None:
         libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
         libc.mallopt(M_ARENA_MAX, 2)
-    except (OSError, AttributeError) as e:  # not glibc
-        log.debug("mallopt unavailable: %s", e)
+
+
+def trim() -> None:
+    """Gives the free pages inside glibc's heaps back to the OS (what a burst of requests left
+    behind); cheap when there is nothing to give. No-op off glibc."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)

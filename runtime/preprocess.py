@@ -27,6 +27,7 @@ from runtime.bundle import Bundle
 from runtime.errors import InvalidInput
 
 BICUBIC = Image.Resampling.BICUBIC
+EXIF_ORIENTATION = 0x0112
 FORMATS = ("JPEG", "PNG", "WEBP")
 _PUNCT = re.compile(r"([,.'!?\"()*#:;~])")  # train/data/captions.py, TCL's pre_caption
 _SPACES = re.compile(r"\s{2,}")
@@ -56,7 +57,8 @@ class ImageDecoder:
                 raise InvalidInput(f"image of {w}x{h} pixels is over the {self.max_pixels:,}-pixel cap")
             if img.format == "JPEG":
                 img.draft("RGB", (self.size_px, self.size_px))  # DCT downscale, ≥ the target
-            img = ImageOps.exif_transpose(img)
+            if img.getexif().get(EXIF_ORIENTATION, 1) != 1:  # exif_transpose copies even when upright
+                img = ImageOps.exif_transpose(img)
             return self._to_array(img)
         except InvalidInput:
             raise
@@ -84,7 +86,8 @@ class ImageDecoder:
         if img.mode == "I" or img.mode.startswith("I;16"):  # 16-bit greyscale PNG: keep the top 8 bits
             wide = np.asarray(img).astype(np.int64)  # (H, W), 0..65535
             img = Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8), "L")
-        img = img.convert("RGB")
+        if img.mode != "RGB":  # convert() copies even to the same mode
+            img = img.convert("RGB")
         if img.size != (self.size_px, self.size_px):
             img = img.resize((self.size_px, self.size_px), BICUBIC)
         return np.asarray(img, dtype=np.uint8)  # (S, S, 3)

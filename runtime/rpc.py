@@ -1,8 +1,12 @@
 """What every RPC shares: the one mapping from runtime errors to gRPC status codes, the `rpc`
-decorator that counts, times and maps errors, message -> runtime conversions, and `register`,
-which serves the service with deserializers that never raise: bytes that are not the request
+decorator that counts, times and maps errors, message -> runtime conversions, and `register`.
+
+`register` serves the service with deserializers that never raise: bytes that are not the request
 message become `Undecodable`, answered INVALID_ARGUMENT (a raising deserializer makes gRPC answer
-UNKNOWN and log a traceback for every such request), logged at most once a minute."""
+UNKNOWN and log a traceback for every such request), logged at most once a minute. It serves each
+unary method through a stream handler, so that its message is read only when `rpc` asks for it:
+after the call has reserved room for it in the in-flight budget (runtime/admission.py). On the
+wire a unary call is a stream of one message; clients see no difference."""
 
 from __future__ import annotations
 
@@ -10,12 +14,14 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 
+from runtime.admission import Reservation, receive_cost
 from runtime.embedder import Content, EncodedImage, Pixels, Text
 from runtime.errors import (
     AlreadyExists,
@@ -61,6 +67,7 @@ class Every:
 
 
 _undecodable_log = Every(UNDECODABLE_LOG_EVERY_S)
+received: ContextVar[Reservation | None] = ContextVar("received", default=None)  # this call's budget share
 
 
 def tolerant(message: Any) -> Callable[[bytes], Any]:
@@ -89,7 +96,7 @@ def decoded(request: Any) -> Any:
 
 def register(servicer: Any, server: grpc.aio.Server, service: str = "Tessera") -> None:
     """Serves `servicer` as tessera.v1.<service>: the generated registration, with `tolerant`
-    deserializers."""
+    deserializers, and unary methods served as stream-unary (their message read on demand)."""
     descriptor = pb.DESCRIPTOR.services_by_name[service]
     kinds = {
         (False, False): grpc.unary_unary_rpc_method_handler,
@@ -98,7 +105,7 @@ def register(servicer: Any, server: grpc.aio.Server, service: str = "Tessera") -
         (True, True): grpc.stream_stream_rpc_method_handler,
     }
     handlers = {
-        m.name: kinds[(m.client_streaming, m.server_streaming)](
+        m.name: kinds[(True, m.server_streaming)](  # a unary request too: read when `rpc` pulls it
             getattr(servicer, m.name),
             request_deserializer=tolerant(getattr(pb, m.input_type.name)),
             response_serializer=getattr(pb, m.output_type.name).SerializeToString,
@@ -135,15 +142,39 @@ def status_message(text: str) -> str:
     return text if len(text) <= MAX_STATUS_CHARS else text[:MAX_STATUS_CHARS] + "… (message cut)"
 
 
+async def one_message(requests: AsyncIterator[Any]) -> Any:
+    """The single message of a unary call served as a stream (`register`)."""
+    first = second = None
+    async for message in requests:
+        if first is None:
+            first = message
+        else:
+            second = message
+            break
+    if first is None or second is not None:
+        raise InvalidInput("a unary call must carry exactly one request message")
+    return first
+
+
 def rpc(method: Callable[..., Awaitable[Msg]]) -> Callable[..., Awaitable[Msg]]:
-    """Counts and times a unary RPC, and turns a raised error into its status code."""
+    """Counts and times a unary RPC, and turns a raised error into its status code. Its message is
+    read only once the most a request may be has been reserved in the servicer's in-flight budget
+    (waiting up to --admission-wait-ms); the method's admission then resizes that reservation to
+    the request's real cost (`received`), and it is returned with the answer."""
 
     @functools.wraps(method)
-    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Msg:
+    async def handler(self: Any, requests: Any, context: grpc.aio.ServicerContext) -> Msg:
         t0, name = time.perf_counter(), method.__name__
         code = grpc.StatusCode.OK
+        reservation, token = None, None
         try:
-            return await method(self, decoded(request), context)
+            if hasattr(requests, "__aiter__"):  # served as a stream: reserve, then read
+                wait_s = self.cfg.admission_wait_ms / 1e3
+                most = receive_cost(self.cfg.max_request_bytes)
+                reservation = await self.budget.take(most, f"a {name} call", wait_s)
+                token = received.set(reservation)
+                requests = await one_message(requests)
+            return await method(self, decoded(requests), context)
         except TesseraError as e:
             code = status_of(e)
             await context.abort(code, status_message(str(e)))
@@ -158,6 +189,10 @@ def rpc(method: Callable[..., Awaitable[Msg]]) -> Callable[..., Awaitable[Msg]]:
             log.exception("%s failed", name)
             await context.abort(code, f"internal error in {name}: {type(e).__name__}")
         finally:
+            if reservation is not None:
+                reservation.release()
+            if token is not None:
+                received.reset(token)
             self.metrics.rpc_done(name, code.name, time.perf_counter() - t0)
         raise AssertionError("unreachable: abort raises")
 

@@ -30,23 +30,34 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from runtime import __version__
-from runtime.admission import MB, Budget, Window, image_size, request_cost
+from runtime.admission import MB, Budget, Reservation, image_size, receive_cost, request_cost
 from runtime.bundle import load_bundle
 from runtime.config import ServeConfig
 from runtime.cpu import CpuIsa, cpu_isa
 from runtime.embedder import Embedder as EmbedderImpl
 from runtime.embedder import top_codes
 from runtime.errors import InvalidInput, StartError, TesseraError, Unavailable, shown
-from runtime.footprint import return_freed_memory_to_the_os
+from runtime.footprint import return_freed_memory_to_the_os, trim
 from runtime.index.registry import Collections
 from runtime.metrics import Metrics
 from runtime.proto.tessera.v1 import tessera_pb2 as pb
 from runtime.proto.tessera.v1 import tessera_pb2_grpc as pb_grpc
-from runtime.rpc import content_of, deadline_of, decoded, register, rpc, status_message, status_of, timings_of
+from runtime.rpc import (
+    content_of,
+    deadline_of,
+    decoded,
+    received,
+    register,
+    rpc,
+    status_message,
+    status_of,
+    timings_of,
+)
 from runtime.search_rpc import SearchRpcs
 
 log = logging.getLogger(__name__)
 SERVICE = "tessera.v1.Tessera"
+TRIM_EVERY_S = 2.0
 
 
 class Servicer(SearchRpcs, pb_grpc.TesseraServicer):
@@ -56,6 +67,9 @@ class Servicer(SearchRpcs, pb_grpc.TesseraServicer):
         self.ready = False  # engines loaded and warmed
         self.draining = False
         self.budget = Budget(cfg.max_inflight_mb * MB)  # runtime/admission.py
+        self.streams = Budget(
+            cfg.max_inflight_mb * MB // 2, "the half of the in-flight budget streams may hold"
+        )
 
     # -- RPCs -------------------------------------------------------------------------------------
 
@@ -67,38 +81,56 @@ class Servicer(SearchRpcs, pb_grpc.TesseraServicer):
     async def EmbedStream(
         self, request_iterator: AsyncIterator[pb.EmbedRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EmbedResponse]:
-        """Pipelined within the stream's window of the in-flight budget (runtime/admission.py):
-        requests are read while their bytes fit, computed meanwhile, and answered in order; an
-        error ends the stream with its status, naming the request_id."""
+        """Pipelined within the stream's window of the in-flight budget (runtime/admission.py): the
+        next request is read while the largest a request may be fits in the window, computed
+        meanwhile, and answered in order; an error ends the stream with its status, naming the
+        request_id."""
         t0, code = time.perf_counter(), grpc.StatusCode.OK
-        window = Window(self.cfg.stream_window_mb * MB)
-        answers: asyncio.Queue[tuple[str, int, asyncio.Future[pb.EmbedResponse]] | None] = asyncio.Queue()
+        window = Budget(self.cfg.stream_window_mb * MB, "this stream's window")
+        answers: asyncio.Queue[tuple[str, Reservation | None, asyncio.Future[pb.EmbedResponse]] | None]
+        answers = asyncio.Queue()
 
         async def read() -> None:
-            async for request in request_iterator:
-                request_id = getattr(request, "request_id", "")  # "" where the message did not parse
-                try:
-                    cost = self._check(decoded(request), len(request.items), request.items)
-                    await window.take(cost, f"request {shown(request_id)}")
-                except TesseraError as e:
-                    failed: asyncio.Future[pb.EmbedResponse] = asyncio.get_running_loop().create_future()
-                    failed.set_exception(e)
-                    await answers.put((request_id, 0, failed))
-                    return
-                await answers.put((request_id, cost, asyncio.ensure_future(self._embed(request, context))))
-            await answers.put(None)
+            """Reads requests while they fit the window; any failure becomes the next answer."""
+            requests, request_id = request_iterator.__aiter__(), ""
+            try:
+                while True:
+                    room = await window.take(
+                        receive_cost(self.cfg.max_request_bytes), "the next request", None
+                    )
+                    try:
+                        request = decoded(await requests.__anext__())
+                        request_id = request.request_id
+                        await room.grow_to(
+                            self._check(request, len(request.items), request.items), "a request"
+                        )
+                    except BaseException:  # StopAsyncIteration included: the room is not needed
+                        room.release()
+                        raise
+                    answer = asyncio.ensure_future(self._embed(request, context))
+                    await answers.put((request_id, room, answer))
+            except StopAsyncIteration:
+                await answers.put(None)
+            except Exception as e:  # a bad request, a refusal, a crash: the stream ends with it
+                failed: asyncio.Future[pb.EmbedResponse] = asyncio.get_running_loop().create_future()
+                failed.set_exception(e)
+                await answers.put((request_id, None, failed))
 
         reader: asyncio.Future[None] | None = None
         request_id = ""  # of the answer being awaited, for the error's message
         try:
-            with self.budget.reserve(window.capacity, "a new stream"):
+            with (
+                self.streams.reserve(window.capacity, "a new stream"),
+                self.budget.reserve(window.capacity, "a new stream"),
+            ):
                 reader = asyncio.ensure_future(read())
                 while (entry := await answers.get()) is not None:
-                    request_id, cost, task = entry
+                    request_id, room, task = entry
                     try:
                         yield await task
                     finally:
-                        await window.give(cost)
+                        if room is not None:
+                            room.release()
         except TesseraError as e:
             code = status_of(e)
             which = f"request {shown(request_id)}: " if request_id else ""
@@ -119,6 +151,8 @@ class Servicer(SearchRpcs, pb_grpc.TesseraServicer):
                 pending = answers.get_nowait()
                 if pending is not None:
                     pending[2].cancel()
+                    if pending[1] is not None:
+                        pending[1].release()
             self.metrics.rpc_done("EmbedStream", code.name, time.perf_counter() - t0)
 
     @rpc
@@ -241,8 +275,14 @@ class Servicer(SearchRpcs, pb_grpc.TesseraServicer):
     def _admit(
         self, request: Any, n_items: int, items: Sequence[pb.Item] = ()
     ) -> contextlib.AbstractContextManager[None]:
-        """`_check`, then the request's share of the in-flight budget, held until it is answered."""
-        return self.budget.reserve(self._check(request, n_items, items), f"a request of {n_items} items")
+        """`_check`, then the request's share of the in-flight budget, held until it is answered:
+        the reservation its call made to be read (runtime/rpc.py), resized to its real cost."""
+        cost, what = self._check(request, n_items, items), f"a request of {n_items} items"
+        reservation = received.get()
+        if reservation is None:  # called outside a budgeted call (tests, an in-process servicer)
+            return self.budget.reserve(cost, what)
+        reservation.resize(cost, what)
+        return contextlib.nullcontext()
 
     def _vector(self, index: int, v: pb.Vector, what: str = "item") -> np.ndarray:
         """A caller's vector, checked (dimension, model, finite, not zero) and L2-normalised. The
@@ -268,6 +308,13 @@ class Servicer(SearchRpcs, pb_grpc.TesseraServicer):
 
 
 # -- lifecycle --------------------------------------------------------------------------------------
+
+
+async def trim_every(interval_s: float) -> None:
+    """Returns what bursts of requests freed to the OS (runtime/footprint.py), off the loop."""
+    while True:
+        await asyncio.sleep(interval_s)
+        await asyncio.to_thread(trim)
 
 
 def bind(server: grpc.aio.Server, host: str, port: int) -> int:
@@ -298,7 +345,12 @@ async def serve(cfg: ServeConfig) -> int:
             ("grpc.max_receive_message_length", 2 * cfg.max_request_bytes),
             ("grpc.max_send_message_length", 64 << 20),
             ("grpc.so_reuseport", 1 if cfg.reuse_port else 0),  # gRPC's default shares a taken port
-            ("grpc.max_concurrent_streams", cfg.max_streams_per_connection),
+            ("grpc.http2.bdp_probe", 0),  # its wider windows buffer messages before admission reads them
+            *(
+                [("grpc.max_concurrent_streams", cfg.max_streams_per_connection)]
+                if cfg.max_streams_per_connection
+                else []
+            ),
         ],
     )
     register(servicer, server)
@@ -347,7 +399,9 @@ async def serve(cfg: ServeConfig) -> int:
     engines = ", ".join(f"{m}: {e.name} {e.precision}" for m, e in embedder.engine_info())
     log.info("serving after %.1f s warm-up (%s)", time.perf_counter() - t0, engines)
 
+    trimmer = asyncio.ensure_future(trim_every(TRIM_EVERY_S))
     await stop.wait()
+    trimmer.cancel()
     log.info("draining: in-flight requests have %.0f s to finish", cfg.drain_s)
     servicer.draining = True
     for service in ("", SERVICE):

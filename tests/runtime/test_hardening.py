@@ -183,17 +183,19 @@ def test_a_port_is_shared_only_between_servers_that_ask(bundle: Path, tmp_path: 
 def truncated_png(width: int, height: int) -> bytes:
     """A PNG whose header says width x height and whose pixel data is cut off: undecodable."""
     whole = png(np.random.default_rng(0).integers(0, 256, (height, width), dtype=np.uint8))
-    return whole[: max(100, len(whole) // 2)]  # the header stays, half the pixel data goes
+    return whole[: min(4096, len(whole) // 2)]  # the header stays, most of the pixel data goes
 
 
 def test_images_are_costed_from_their_headers_before_any_decode(bundle: Path, tmp_path: Path) -> None:
-    s = Server(bundle, "--max-inflight-mb", "16", data_dir=tmp_path)
+    s = Server(bundle, "--max-inflight-mb", "16", "--max-request-bytes", str(4 << 20), data_dir=tmp_path)
     try:
         with s.client() as client:
             request = pb.EmbedRequest(items=[pb.Item(image=truncated_png(3000, 3000))])
             err = code_of(lambda: client.stub.Embed(request, timeout=10))
             assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert "over the server's whole budget of 16 MB" in err.details()  # not "could not be decoded"
+            assert (
+                "over the whole of the server's in-flight budget (16 MB)" in err.details()
+            )  # not "could not be decoded"
             small = pb.EmbedRequest(items=[pb.Item(image=truncated_png(40, 40))])
             assert "could not be decoded" in code_of(lambda: client.stub.Embed(small, timeout=10)).details()
     finally:
@@ -203,7 +205,8 @@ def test_images_are_costed_from_their_headers_before_any_decode(bundle: Path, tm
 def test_streams_hold_their_window_of_the_budget_and_what_does_not_fit_is_refused(
     bundle: Path, tmp_path: Path
 ) -> None:
-    s = Server(bundle, "--max-inflight-mb", "64", "--stream-window-mb", "32", data_dir=tmp_path)
+    flags = ("--max-inflight-mb", "128", "--stream-window-mb", "32", "--max-request-bytes", str(8 << 20))
+    s = Server(bundle, *flags, data_dir=tmp_path)
     try:
         with s.client() as client:
             text = pb.EmbedRequest(items=[pb.Item(text="a red circle")])
@@ -214,26 +217,25 @@ def test_streams_hold_their_window_of_the_budget_and_what_does_not_fit_is_refuse
                 release.wait(30)  # the stream stays open, holding its window
 
             opened = [client.stub.EmbedStream(held_open(), timeout=30) for _ in range(2)]
-            firsts = [next(stream) for stream in opened]  # both streams open: 2 x 32 MB held
+            firsts = [next(stream) for stream in opened]  # both open: 2 x 32 MB, all that streams may hold
             assert all(len(f.embeddings) == 1 for f in firsts)
             third = code_of(lambda: next(client.stub.EmbedStream(iter([text]), timeout=10)))
             assert (
                 third.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                and "in-flight budget is full" in third.details()
+                and "the half of the in-flight budget streams may hold is full" in third.details()
             )
-            unary = code_of(lambda: client.stub.Embed(text, timeout=10))
-            assert unary.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert client.embed_texts(["unary calls keep the other half"]).shape[0] == 1
             release.set()
             for stream in opened:
                 assert list(stream) == []  # the stream ends and frees its window
             assert client.embed_texts(["served again"]).shape[0] == 1
             big = pb.EmbedRequest(
-                items=[pb.Item(pixels=pb.RawImage(width=2000, height=2000, rgb=bytes(12_000_000)))]
-            )
+                items=[pb.Item(image=png(np.full((4000, 4000), 9, np.uint8)))]
+            )  # 96 MB decoded
             err = code_of(lambda: list(client.stub.EmbedStream(iter([big]), timeout=10)))
             assert (
                 err.code() == grpc.StatusCode.INVALID_ARGUMENT
-                and "over a stream's window of 32 MB" in err.details()
+                and "over the whole of this stream's window (32 MB)" in err.details()
             )
     finally:
         assert s.stop() == 0

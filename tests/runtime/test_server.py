@@ -204,8 +204,8 @@ BAD = {
     "empty item": (pb.EmbedRequest(items=[pb.Item()]), "item 0: empty item"),
     "too many items": (pb.EmbedRequest(items=[pb.Item(text="a")] * 300),
                        "300 items is over the 256-item limit"),
-    "oversized message": (pb.EmbedRequest(items=[pb.Item(text="a"), pb.Item(image=b"\0" * (20 << 20))]),
-                          "over the 16,777,216-byte limit"),
+    "oversized message": (pb.EmbedRequest(items=[pb.Item(text="a"), pb.Item(image=b"\0" * (6 << 20))]),
+                          "over the 4,194,304-byte limit"),
     "raw pixels of the wrong length": (
         pb.EmbedRequest(items=[pb.Item(pixels=pb.RawImage(width=4, height=4, rgb=b"\0" * 10))]),
         "item 0: raw pixels of 4x4 need 48 bytes"),
