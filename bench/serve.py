@@ -55,13 +55,14 @@ from runtime.config import ServeConfig
 from runtime.embedder import Embedder
 from runtime.engines import EngineSet
 from runtime.errors import BundleError
+from runtime.grpc_api import Servicer
 from runtime.launch import REPO_ROOT
 from runtime.launch import ServerProcess as Server
 from runtime.metrics import Metrics
 from runtime.preprocess import TextTokenizer
 from runtime.proto.tessera.v1 import tessera_pb2 as pb
 from runtime.proto.tessera.v1 import tessera_pb2_grpc as pb_grpc
-from runtime.server import Servicer
+from runtime.service import Service
 from runtime.textsplit import measure_call_tokens, split_by_length, text_probe
 from train.data.shapes import render, scene
 
@@ -238,8 +239,9 @@ def python_us_per_request(path: Path, pool: list[pb.Item], n: int = 2000, repeat
         image, text = (InstantEngine(m.embed_dim, m.codebook_size) for _ in range(2))
         embedder.engines = EngineSet(image, text, {"image": cfg.max_batch_size, "text": cfg.max_batch_size})
         embedder.start()
-        servicer = Servicer(embedder, cfg, metrics)
-        servicer.ready = True
+        service = Service(embedder, cfg, metrics)
+        service.ready = True
+        servicer = Servicer(service, metrics)
         requests = [pb.EmbedRequest(items=[pool[i % len(pool)]]) for i in range(n)]
 
         async def caller(k: int) -> None:

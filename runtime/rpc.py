@@ -15,13 +15,12 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 
-from runtime.admission import Reservation, receive_cost
+from runtime.admission import receive_cost
 from runtime.embedder import Content, EncodedImage, Pixels, Text
 from runtime.errors import (
     AlreadyExists,
@@ -35,6 +34,7 @@ from runtime.errors import (
     Unavailable,
 )
 from runtime.proto.tessera.v1 import tessera_pb2 as pb
+from runtime.service import received
 
 log = logging.getLogger(__name__)
 Msg = TypeVar("Msg")
@@ -67,7 +67,6 @@ class Every:
 
 
 _undecodable_log = Every(UNDECODABLE_LOG_EVERY_S)
-received: ContextVar[Reservation | None] = ContextVar("received", default=None)  # this call's budget share
 
 
 def tolerant(message: Any) -> Callable[[bytes], Any]:
@@ -158,7 +157,7 @@ async def one_message(requests: AsyncIterator[Any]) -> Any:
 
 def rpc(method: Callable[..., Awaitable[Msg]]) -> Callable[..., Awaitable[Msg]]:
     """Counts and times a unary RPC, and turns a raised error into its status code. Its message is
-    read only once the most a request may be has been reserved in the servicer's in-flight budget
+    read only once the most a request may be has been reserved in the service's in-flight budget
     (waiting up to --admission-wait-ms); the method's admission then resizes that reservation to
     the request's real cost (`received`), and it is returned with the answer."""
 
@@ -169,9 +168,9 @@ def rpc(method: Callable[..., Awaitable[Msg]]) -> Callable[..., Awaitable[Msg]]:
         reservation, token = None, None
         try:
             if hasattr(requests, "__aiter__"):  # served as a stream: reserve, then read
-                wait_s = self.cfg.admission_wait_ms / 1e3
-                most = receive_cost(self.cfg.max_request_bytes)
-                reservation = await self.budget.take(most, f"a {name} call", wait_s)
+                cfg, budget = self.service.cfg, self.service.budget
+                most = receive_cost(cfg.max_request_bytes)
+                reservation = await budget.take(most, f"a {name} call", cfg.admission_wait_ms / 1e3)
                 token = received.set(reservation)
                 requests = await one_message(requests)
             return await method(self, decoded(requests), context)

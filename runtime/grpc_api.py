@@ -1,0 +1,252 @@
+"""The gRPC transport of the service (runtime/service.py): `tessera.v1.Tessera` messages in and out.
+
+Each method turns its request into the service's values (`query_of`), admits it and calls the
+service, and builds the reply; errors, metrics and the read-after-reserve admission are the `rpc`
+decorator's (runtime/rpc.py), the one path every unary method takes. EmbedStream keeps what is the
+transport's own: its window of the in-flight budget, and replies in request order; it counts its
+outcome with the same metric, by its real status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+
+import grpc
+import numpy as np
+
+from runtime.admission import MB, Budget, Reservation, receive_cost
+from runtime.embedder import Content
+from runtime.errors import TesseraError, shown
+from runtime.metrics import Metrics
+from runtime.proto.tessera.v1 import tessera_pb2 as pb
+from runtime.proto.tessera.v1 import tessera_pb2_grpc as pb_grpc
+from runtime.rpc import content_of, deadline_of, decoded, log, rpc, status_message, status_of
+from runtime.service import (
+    Codes,
+    CollectionSummary,
+    Embedded,
+    EngineSummary,
+    Query,
+    Record,
+    Service,
+    Timings,
+    Vector,
+)
+
+
+class Servicer(pb_grpc.TesseraServicer):
+    def __init__(self, service: Service, metrics: Metrics) -> None:
+        self.service, self.metrics = service, metrics
+
+    @property
+    def fingerprint(self) -> str:
+        return self.service.embedder.fingerprint
+
+    @rpc
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        items = [content_of(i, item) for i, item in enumerate(request.items)]
+        with self.service.admit(len(items), request.ByteSize(), items):
+            out = await self.service.embed(items, request.top_codes, deadline_of(context))
+        return self._embedded(out, request.request_id)
+
+    async def EmbedStream(
+        self, request_iterator: AsyncIterator[pb.EmbedRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.EmbedResponse]:
+        """Pipelined within the stream's window of the in-flight budget (runtime/admission.py): the
+        next request is read while the largest a request may be fits in the window, computed
+        meanwhile, and answered in order; an error ends the stream with its status, naming the
+        request_id."""
+        service = self.service
+        t0, code = time.perf_counter(), grpc.StatusCode.OK
+        window = Budget(service.cfg.stream_window_mb * MB, "this stream's window")
+        most = receive_cost(service.cfg.max_request_bytes)
+        answers: asyncio.Queue[tuple[str, Reservation | None, asyncio.Future[pb.EmbedResponse]] | None]
+        answers = asyncio.Queue()
+
+        async def answer(request: pb.EmbedRequest, items: list[Content]) -> pb.EmbedResponse:
+            out = await service.embed(items, request.top_codes, deadline_of(context))
+            return self._embedded(out, request.request_id)
+
+        async def read() -> None:
+            """Reads requests while they fit the window; any failure becomes the next answer."""
+            requests, request_id = request_iterator.__aiter__(), ""
+            try:
+                while True:
+                    room = await window.take(most, "the next request", None)
+                    try:
+                        request = decoded(await requests.__anext__())
+                        request_id = request.request_id
+                        items = [content_of(i, item) for i, item in enumerate(request.items)]
+                        await room.grow_to(service.check(len(items), request.ByteSize(), items), "a request")
+                    except BaseException:  # StopAsyncIteration included: the room is not needed
+                        room.release()
+                        raise
+                    await answers.put((request_id, room, asyncio.ensure_future(answer(request, items))))
+            except StopAsyncIteration:
+                await answers.put(None)
+            except Exception as e:  # a bad request, a refusal, a crash: the stream ends with it
+                failed: asyncio.Future[pb.EmbedResponse] = asyncio.get_running_loop().create_future()
+                failed.set_exception(e)
+                await answers.put((request_id, None, failed))
+
+        reader: asyncio.Future[None] | None = None
+        request_id = ""  # of the answer being awaited, for the error's message
+        try:
+            with (
+                service.streams.reserve(window.capacity, "a new stream"),
+                service.budget.reserve(window.capacity, "a new stream"),
+            ):
+                reader = asyncio.ensure_future(read())
+                while (entry := await answers.get()) is not None:
+                    request_id, room, task = entry
+                    try:
+                        yield await task
+                    finally:
+                        if room is not None:
+                            room.release()
+        except TesseraError as e:
+            code = status_of(e)
+            which = f"request {shown(request_id)}: " if request_id else ""
+            await context.abort(code, status_message(f"{which}{e}"))
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("EmbedStream failed")
+            await context.abort(code, "internal error in EmbedStream")
+        finally:
+            if reader is not None:
+                reader.cancel()
+            while not answers.empty():
+                pending = answers.get_nowait()
+                if pending is not None:
+                    pending[2].cancel()
+                    if pending[1] is not None:
+                        pending[1].release()
+            self.metrics.rpc_done("EmbedStream", code.name, time.perf_counter() - t0)
+
+    @rpc
+    async def Lookup(self, request: pb.LookupRequest, context: grpc.aio.ServicerContext) -> pb.LookupResponse:
+        items = [query_of(i, item) for i, item in enumerate(request.items)]
+        code_ids = list(request.code_ids)
+        with self.service.admit(len(items) + len(code_ids), request.ByteSize(), items):
+            out = await self.service.lookup(items, request.top_k, code_ids, deadline_of(context))
+        response = pb.LookupResponse(fingerprint=self.fingerprint, timings=timings(out.timings))
+        response.results.extend(pb.CodeList(codes=codes(c)) for c in out.codes)
+        response.code_vectors.extend(v.astype("<f4").tobytes() for v in out.code_vectors)
+        return response
+
+    @rpc
+    async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
+        info = self.service.info()
+        return pb.InfoResponse(
+            fingerprint=info.fingerprint, embed_dim=info.embed_dim, codebook_size=info.codebook_size,
+            image_size_px=info.image_size_px, text_max_tokens=info.text_max_tokens,
+            limits=pb.Limits(**info.limits), engines=[engine_info(e) for e in info.engines],
+            version=info.version, cpu=info.cpu, exported_on=info.exported_on,
+        )  # fmt: skip
+
+    @rpc
+    async def Upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.UpsertResponse:
+        records = [
+            Record(r.id, query_of(i, r.content, "record") if r.HasField("content") else None, r.payload_json)
+            for i, r in enumerate(request.records)
+        ]
+        contents = [r.content for r in records if r.content is not None]
+        with self.service.admit(len(records), request.ByteSize(), contents):
+            spent = await self.service.upsert(request.collection, records, deadline_of(context))
+        return pb.UpsertResponse(fingerprint=self.fingerprint, upserted=len(records), timings=timings(spent))
+
+    @rpc
+    async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
+        with self.service.admit(len(request.ids), request.ByteSize()):
+            deleted, spent = await self.service.delete(request.collection, list(request.ids))
+        return pb.DeleteResponse(deleted=deleted, fingerprint=self.fingerprint, timings=timings(spent))
+
+    @rpc
+    async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
+        query = query_of(0, request.query, "query") if request.HasField("query") else None
+        queries = [query] if query is not None else []
+        with self.service.admit(len(queries), request.ByteSize(), queries):
+            found = await self.service.search(
+                request.collection, query, request.top_k, request.nprobe, deadline_of(context)
+            )
+        hits = [pb.Hit(id=h.id, score=h.score, payload_json=h.payload) for h in found.hits]
+        return pb.SearchResponse(
+            fingerprint=self.fingerprint, timings=timings(found.timings), scored=found.scored, hits=hits
+        )
+
+    @rpc
+    async def CreateCollection(
+        self, request: pb.CreateCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CollectionInfo:
+        with self.service.admit(1, request.ByteSize()):
+            return collection_info(await self.service.create_collection(request.name, request.backend))
+
+    @rpc
+    async def ListCollections(
+        self, request: pb.ListCollectionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListCollectionsResponse:
+        with self.service.admit(1, request.ByteSize()):
+            found = await self.service.list_collections()
+        return pb.ListCollectionsResponse(collections=[collection_info(c) for c in found])
+
+    @rpc
+    async def DropCollection(
+        self, request: pb.DropCollectionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DropCollectionResponse:
+        with self.service.admit(1, request.ByteSize()):
+            await self.service.drop_collection(request.name)
+        return pb.DropCollectionResponse()
+
+    def _embedded(self, out: Embedded, request_id: str) -> pb.EmbedResponse:
+        response = pb.EmbedResponse(
+            fingerprint=self.fingerprint, embed_dim=self.service.embedder.embed_dim,
+            timings=timings(out.timings), request_id=request_id,
+        )  # fmt: skip
+        for vector, item_codes in zip(out.vectors, out.codes, strict=True):
+            response.embeddings.add(vector=vector.astype("<f4").tobytes(), codes=codes(item_codes))
+        return response
+
+
+def query_of(index: int, item: pb.Item, what: str = "item") -> Query:
+    """A message item as the service takes it: content, or a vector."""
+    if item.HasField("vector"):
+        data = item.vector.data
+        usable = len(data) - len(data) % 4  # a ragged length is refused by the service, by its size
+        return Vector(np.frombuffer(data[:usable], dtype="<f4"), item.vector.fingerprint, len(data))
+    return content_of(index, item, what)
+
+
+def codes(item_codes: Codes) -> list[pb.Code]:
+    return [pb.Code(id=c, score=s) for c, s in item_codes]
+
+
+def timings(t: Timings) -> pb.Timings:
+    return pb.Timings(
+        queue_ms=t.queue_ms, preprocess_ms=t.preprocess_ms, inference_ms=t.inference_ms, total_ms=t.total_ms
+    )
+
+
+def collection_info(c: CollectionSummary) -> pb.CollectionInfo:
+    return pb.CollectionInfo(**asdict(c))  # the same fields
+
+
+def engine_info(e: EngineSummary) -> pb.EngineInfo:
+    info = pb.EngineInfo(
+        modality=e.modality, backend=e.backend, precision=e.precision, graph=e.graph, note=e.note,
+        items_per_call=e.items_per_call,
+    )  # fmt: skip
+    if (c := e.check) is not None:
+        fields = pb.PrecisionCheck.DESCRIPTOR.fields_by_name
+        check = {
+            k: v for k, v in asdict(c).items() if k in fields
+        }  # the message carries the service's subset
+        info.check.CopyFrom(pb.PrecisionCheck(passed=c.passed, **check))
+    return info

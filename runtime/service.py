@@ -1,0 +1,339 @@
+"""The service: every operation of the API on plain values — content and numpy in, dataclasses out,
+the project's errors raised. No gRPC and no HTTP here: runtime/grpc_api.py and the HTTP API are
+thin adapters over it, so both answer the same way, admit the same way and count the same way.
+
+    service = Service(embedder, cfg, metrics)     # collections and `ready` are set by the server
+    out = await service.embed([Text("a dog"), EncodedImage(jpeg)], top_codes=3, deadline_s=None)
+    out.vectors  # (N, d) float32, L2-normalised;  out.codes  # per item [(code id, cosine), ...]
+
+Admission (runtime/admission.py): a transport reserves room for a request before it reads it and
+marks that reservation current (`received`); `admit` then checks the request's limits and resizes
+the reservation to its real cost, or, where no reservation is current, takes the cost now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from runtime import __version__
+from runtime.admission import MB, Budget, Reservation, image_size, request_cost
+from runtime.config import ServeConfig
+from runtime.cpu import CpuIsa, cpu_isa
+from runtime.embedder import Content, Embedder, EncodedImage, Pixels, top_codes
+from runtime.errors import InvalidInput, Unavailable
+from runtime.index.base import Hit, check_id, check_payload, check_top_k
+from runtime.index.registry import Collections
+from runtime.metrics import Metrics
+from runtime.selfcheck import PrecisionCheck
+
+received: ContextVar[Reservation | None] = ContextVar("received", default=None)  # this call's budget share
+Codes = list[tuple[int, float]]  # (code id, cosine), best first
+
+
+@dataclass(frozen=True)
+class Vector:
+    """A vector a caller sends (as a query or to store): float32 values, and the model that made it."""
+
+    values: np.ndarray  # (d,) float32, as sent
+    fingerprint: str = ""  # "" = trust the caller
+    nbytes: int = -1  # what the caller sent, where it came as bytes (-1: 4 per value)
+
+
+Query = Content | Vector
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    content: Query | None
+    payload_json: str = ""
+
+
+@dataclass
+class Timings:
+    queue_ms: float = 0.0
+    preprocess_ms: float = 0.0
+    inference_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Embedded:
+    vectors: np.ndarray  # (N, d) float32
+    codes: list[Codes]  # per item; empty lists unless top codes were asked for
+    timings: Timings
+
+
+@dataclass(frozen=True)
+class Looked:
+    codes: list[Codes]  # per item
+    code_vectors: np.ndarray  # (len(code_ids), d) float32
+    timings: Timings
+
+
+@dataclass(frozen=True)
+class Found:
+    hits: list[Hit]
+    scored: int  # vectors scored (-1: the backend does not say)
+    timings: Timings
+
+
+@dataclass(frozen=True)
+class CollectionSummary:
+    name: str
+    backend: str
+    count: int
+    dim: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class EngineSummary:
+    modality: str
+    backend: str
+    precision: str
+    graph: str
+    items_per_call: int
+    note: str = ""
+    check: PrecisionCheck | None = None
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    fingerprint: str
+    embed_dim: int
+    codebook_size: int
+    image_size_px: int
+    text_max_tokens: int
+    limits: dict[str, int]
+    engines: list[EngineSummary] = field(default_factory=list)
+    version: str = __version__
+    cpu: str = ""
+    exported_on: str = ""
+
+
+class Service:
+    def __init__(self, embedder: Embedder, cfg: ServeConfig, metrics: Metrics) -> None:
+        self.embedder, self.cfg, self.metrics = embedder, cfg, metrics
+        self.collections: Collections | None = None  # opened (recovered) with the engines
+        self.ready = False  # engines loaded and warmed
+        self.draining = False
+        self.budget = Budget(cfg.max_inflight_mb * MB)
+        self.streams = Budget(
+            cfg.max_inflight_mb * MB // 2, "the half of the in-flight budget streams may hold"
+        )
+
+    # -- admission ---------------------------------------------------------------------------------
+
+    def check(self, n_items: int, request_bytes: int, items: Sequence[Any] = ()) -> int:
+        """Refuses what cannot be served (warming up, draining, too many items or bytes); returns
+        the bytes the request will hold in flight, its images' sizes read from their headers."""
+        if self.draining:
+            raise Unavailable("the server is draining; retry on another replica")
+        if not self.ready:
+            raise Unavailable("the server is warming up its engines; retry shortly")
+        if n_items == 0:
+            raise InvalidInput("the request has no items")
+        if n_items > self.cfg.max_items_per_request:
+            raise InvalidInput(
+                f"{n_items} items is over the {self.cfg.max_items_per_request}-item limit per request"
+            )
+        if request_bytes > self.cfg.max_request_bytes:
+            raise InvalidInput(
+                f"request of {request_bytes:,} bytes is over the {self.cfg.max_request_bytes:,}-byte limit"
+            )
+        images = [image_size_of(it) for it in items if isinstance(it, (EncodedImage, Pixels))]
+        return request_cost(request_bytes, images, self.embedder.decoder.size_px)
+
+    def admit(
+        self, n_items: int, request_bytes: int, items: Sequence[Any] = ()
+    ) -> contextlib.AbstractContextManager[None]:
+        """`check`, then the request's share of the in-flight budget until it is answered: the
+        reservation its transport made to read it, resized to its real cost, or taken now."""
+        cost, what = self.check(n_items, request_bytes, items), f"a request of {n_items} items"
+        reservation = received.get()
+        if reservation is None:
+            return self.budget.reserve(cost, what)
+        reservation.resize(cost, what)
+        return contextlib.nullcontext()
+
+    # -- embeddings and the codebook ---------------------------------------------------------------
+
+    async def embed(self, items: Sequence[Content], top_codes_k: int, deadline_s: float | None) -> Embedded:
+        t0 = time.perf_counter()
+        out = await self.embedder.embed(list(items), deadline_s)
+        codes: list[Codes] = [[] for _ in items]
+        if top_codes_k:
+            ids, top = top_codes(out.code_scores, top_codes_k)
+            codes = [_codes(i, s) for i, s in zip(ids, top, strict=True)]
+        timings = Timings(out.queue_ms, out.preprocess_ms, out.inference_ms, 1e3 * (time.perf_counter() - t0))
+        return Embedded(out.embeddings, codes, timings)
+
+    async def lookup(
+        self, items: Sequence[Query], top_k: int, code_ids: Sequence[int], deadline_s: float | None
+    ) -> Looked:
+        t0 = time.perf_counter()
+        k_codes = self.embedder.codebook.shape[0]
+        k = top_k or 1
+        if k > k_codes:
+            raise InvalidInput(f"top_k {k} is over the codebook size {k_codes}")
+        for code_id in code_ids:
+            if not 0 <= code_id < k_codes:
+                raise InvalidInput(f"code id {code_id} is out of range (K = {k_codes})")
+        timings = Timings()
+        codes: list[Codes] = []
+        if items:
+            _, scores, timings = await self.vectors(items, deadline_s, "item")
+            ids, top = top_codes(scores, k)
+            codes = [_codes(i, s) for i, s in zip(ids, top, strict=True)]
+        vectors = self.embedder.codebook[list(code_ids)].astype(np.float32)  # (len(code_ids), d)
+        timings.total_ms = 1e3 * (time.perf_counter() - t0)
+        return Looked(codes, vectors, timings)
+
+    def info(self) -> ServiceInfo:
+        cfg, m = self.cfg, self.embedder.bundle.manifest
+        limits = {
+            "max_batch_size": cfg.max_batch_size,
+            "max_wait_ms": int(cfg.max_wait_ms),
+            "max_queue": cfg.max_queue,
+            "max_items_per_request": cfg.max_items_per_request,
+            "max_request_bytes": cfg.max_request_bytes,
+            "max_image_pixels": cfg.max_image_pixels,
+            "max_text_chars": cfg.max_text_chars,
+            "max_text_tokens": m.text.max_len,
+        }
+        engines = []
+        if self.ready:
+            assert self.embedder.engines is not None
+            es = self.embedder.engines
+            for modality, e in self.embedder.engine_info():
+                note, check = es.notes.get(modality, ""), es.checks.get(modality)
+                engines.append(
+                    EngineSummary(modality, e.name, e.precision, e.graph, es.calls[modality], note, check)
+                )
+        exported = m.provenance.get("exported_on")
+        return ServiceInfo(
+            m.fingerprint, m.embed_dim, m.codebook_size, m.image.size_px, m.text.max_len, limits, engines,
+            cpu=str(cpu_isa()), exported_on=str(CpuIsa(**exported)) if isinstance(exported, dict) else "",
+        )  # fmt: skip
+
+    # -- collections ---------------------------------------------------------------------------------
+
+    async def upsert(self, collection: str, records: Sequence[Record], deadline_s: float | None) -> Timings:
+        t0 = time.perf_counter()
+        target = self._collections().get(collection)
+        ids = [check_id(i, r.id) for i, r in enumerate(records)]
+        payloads = [check_payload(i, r.payload_json) for i, r in enumerate(records)]
+        contents: list[Query] = []
+        for i, r in enumerate(records):
+            if r.content is None:
+                raise InvalidInput(f"record {i}: no content (set text, image, pixels or vector)")
+            contents.append(r.content)
+        vectors, scores, timings = await self.vectors(contents, deadline_s, "record")
+        codes = scores.argmax(axis=1).astype(np.int32)  # (N,) the list each vector lives in
+        await asyncio.to_thread(target.upsert, ids, vectors, codes, payloads)
+        timings.total_ms = 1e3 * (time.perf_counter() - t0)
+        return timings
+
+    async def delete(self, collection: str, ids: Sequence[str]) -> tuple[int, Timings]:
+        t0 = time.perf_counter()
+        target = self._collections().get(collection)
+        checked = [check_id(i, record_id) for i, record_id in enumerate(ids)]
+        deleted = await asyncio.to_thread(target.delete, checked)
+        return deleted, Timings(total_ms=1e3 * (time.perf_counter() - t0))
+
+    async def search(
+        self, collection: str, query: Query | None, top_k: int, nprobe: int, deadline_s: float | None
+    ) -> Found:
+        t0 = time.perf_counter()
+        if query is None:
+            raise InvalidInput("the request has no items")
+        target = self._collections().get(collection)
+        k = check_top_k(top_k)
+        lists = self.embedder.codebook.shape[0]
+        if not 0 <= nprobe <= lists:
+            raise InvalidInput(f"nprobe {nprobe} is over the {lists} codebook lists (0 = exact search)")
+        vectors, scores, timings = await self.vectors([query], deadline_s, "query")
+        probe = None if nprobe == 0 else top_codes(scores, nprobe)[0][0]  # (nprobe,)
+        hits, scored = await asyncio.to_thread(target.search, vectors[0], k, probe)
+        timings.total_ms = 1e3 * (time.perf_counter() - t0)
+        return Found(hits, scored, timings)
+
+    async def create_collection(self, name: str, backend: str) -> CollectionSummary:
+        return summary(await asyncio.to_thread(self._collections().create, name, backend))
+
+    async def list_collections(self) -> list[CollectionSummary]:
+        return await asyncio.to_thread(lambda: [summary(c) for c in self._collections().list()])
+
+    async def drop_collection(self, name: str) -> None:
+        await asyncio.to_thread(self._collections().drop, name)
+
+    # -- shared ------------------------------------------------------------------------------------
+
+    async def vectors(
+        self, items: Sequence[Query], deadline_s: float | None, what: str
+    ) -> tuple[np.ndarray, np.ndarray, Timings]:
+        """Content or vectors -> (unit vectors (N, d), code scores (N, K), timings)."""
+        n, d = len(items), self.embedder.embed_dim
+        vectors = np.zeros((n, d), dtype=np.float32)  # (N, d)
+        scores = np.zeros((n, self.embedder.codebook.shape[0]), dtype=np.float32)  # (N, K)
+        given = [i for i, it in enumerate(items) if isinstance(it, Vector)]
+        for i in given:
+            vectors[i] = self.unit_vector(i, items[i], what)  # type: ignore[arg-type]
+        if given:
+            scores[given] = self.embedder.vector_scores(vectors[given])
+        content = [i for i in range(n) if not isinstance(items[i], Vector)]
+        timings = Timings()
+        if content:
+            out = await self.embedder.embed([items[i] for i in content], deadline_s)  # type: ignore[misc]
+            vectors[content], scores[content] = out.embeddings, out.code_scores
+            timings = Timings(out.queue_ms, out.preprocess_ms, out.inference_ms)
+        return vectors, scores, timings
+
+    def unit_vector(self, index: int, v: Vector, what: str) -> np.ndarray:
+        """A caller's vector, checked (dimension, model, finite, not zero) and L2-normalised. The
+        norm is taken in float64: in float32 a 1e30 vector's norm overflows to a zero vector and a
+        1e-30 one's underflows to zero."""
+        d = self.embedder.embed_dim
+        if v.fingerprint and v.fingerprint != self.embedder.fingerprint:
+            raise InvalidInput(
+                f"{what} {index}: vector from model {v.fingerprint[:12]}…, this server serves "
+                f"{self.embedder.fingerprint[:12]}… (re-embed with this model)"
+            )
+        if v.values.shape != (d,) or v.nbytes not in (-1, 4 * d):
+            sent = v.nbytes if v.nbytes >= 0 else 4 * v.values.size
+            raise InvalidInput(
+                f"{what} {index}: vector of {sent} bytes; expected {d} float32 values ({4 * d} bytes)"
+            )
+        array = v.values.astype(np.float64)  # (d,)
+        if not np.isfinite(array).all():
+            raise InvalidInput(f"{what} {index}: vector holds NaN or infinity")
+        norm = float(np.linalg.norm(array))
+        if norm == 0.0:
+            raise InvalidInput(f"{what} {index}: the zero vector has no direction")
+        return (array / norm).astype(np.float32)
+
+    def _collections(self) -> Collections:
+        assert self.collections is not None, "opened before SERVING"
+        return self.collections
+
+
+def _codes(ids: np.ndarray, scores: np.ndarray) -> Codes:
+    return [(int(c), float(s)) for c, s in zip(ids, scores, strict=True)]
+
+
+def image_size_of(item: EncodedImage | Pixels) -> tuple[int, int]:
+    return image_size(item.data) if isinstance(item, EncodedImage) else (item.width, item.height)
+
+
+def summary(c: Any) -> CollectionSummary:
+    s = c.spec
+    return CollectionSummary(s.name, s.backend, c.count(), s.dim, s.fingerprint)
