@@ -25,9 +25,8 @@ class ServeConfig:
     bundle: str = ""  # bundle directory (from `python -m export`)
     host: str = "127.0.0.1"  # bind address; 0.0.0.0 exposes the server beyond this machine
     port: int = 50051  # gRPC port; 0 picks a free one (logged)
-    reuse_port: bool = (
-        False  # let several servers share the port (SO_REUSEPORT); off: a taken port stops the start
-    )
+    http_port: int = -1  # the HTTP/JSON API's port (OpenAI's /v1/embeddings, REST); -1 = off, 0 = any
+    reuse_port: bool = False  # share the port with servers that ask too (SO_REUSEPORT); a taken one stops
     backend: str = "auto"  # auto | onnxruntime | tensorrt
     int8: str = "off"  # int8 graphs, each checked on this CPU: on = refuse a failed check, auto = serve fp32
     max_batch_size: int = 32  # items per engine call; ≤ the bundle's max_batch

@@ -64,6 +64,7 @@ class Embedded:
     queue_ms: float  # the slowest item's
     preprocess_ms: float
     inference_ms: float
+    tokens: int = 0  # the texts' tokens, [CLS] and [SEP] included
 
 
 class Embedder:
@@ -163,6 +164,7 @@ class Embedder:
             queue_ms=max(r.queue_ms for r in done),
             preprocess_ms=preprocess_ms,
             inference_ms=max(r.inference_ms for r in done),
+            tokens=sum(len(prepared[i]) for i in texts),
         )
 
     def _cheap(self, item: Content) -> bool:

@@ -67,3 +67,22 @@ def shown(value: str, limit: int = 64) -> str:
     if len(value) <= limit:
         return repr(value)
     return f"{value[:limit]!r}… ({len(value):,} characters)"
+
+
+# The one mapping from errors to status, by gRPC's code names: runtime/rpc.py turns them into gRPC
+# status codes, runtime/http_api.py into HTTP statuses. First match wins; anything else is INTERNAL.
+CODES: list[tuple[type[Exception], str]] = [
+    (InvalidInput, "INVALID_ARGUMENT"),
+    (NotFound, "NOT_FOUND"),
+    (AlreadyExists, "ALREADY_EXISTS"),
+    (Overloaded, "RESOURCE_EXHAUSTED"),
+    (DiskFull, "RESOURCE_EXHAUSTED"),
+    (Expired, "DEADLINE_EXCEEDED"),
+    (Unavailable, "UNAVAILABLE"),
+    (EngineFailure, "INTERNAL"),
+]
+
+
+def code_of(error: Exception) -> str:
+    """The status code name of an error (gRPC's spelling)."""
+    return next((code for kind, code in CODES if isinstance(error, kind)), "INTERNAL")

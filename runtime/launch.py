@@ -1,6 +1,6 @@
 """`ServerProcess`: `python -m runtime serve` as a child process, for tests, benchmarks and the
-demo — started on ephemeral ports (parsed from its log), waited on until SERVING, stopped with
-SIGTERM (the graceful drain) and its exit status returned."""
+demo — started on ephemeral ports (gRPC, metrics and HTTP, parsed from its log), waited on until
+SERVING, stopped with SIGTERM (the graceful drain) and its exit status returned."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from runtime.metrics import parse_metrics
 
 LISTEN = re.compile(r"listening on [\d.]+:(\d+)")
 METRICS = re.compile(r"metrics on http://[\d.]+:(\d+)/metrics")
+HTTP = re.compile(r"http on http://[\d.]+:(\d+)")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -30,21 +31,23 @@ class ServerProcess:
         import tempfile
 
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="tessera-data-"))
-        cmd = [sys.executable, "-m", "runtime", "serve", "--bundle", str(bundle), "--port", "0",
-               "--metrics-port", "0", "--data-dir", str(self.data_dir), *flags]  # fmt: skip
+        ports = ["--port", "0", "--metrics-port", "0", "--http-port", "0"]
+        cmd = [sys.executable, "-m", "runtime", "serve", "--bundle", str(bundle), *ports,
+               "--data-dir", str(self.data_dir), *flags]  # fmt: skip
         self.proc = subprocess.Popen(
             cmd, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
             env={**os.environ, **(env or {})},
         )  # fmt: skip
         self.lines: list[str] = []
-        self.port = self.metrics_port = 0
+        self.port = self.metrics_port = self.http_port = 0
         threading.Thread(target=self._read, daemon=True).start()
         deadline = time.monotonic() + 60
-        while not (self.port and self.metrics_port):
+        while not (self.port and self.metrics_port and self.http_port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("server did not start:\n" + "".join(self.lines))
             time.sleep(0.02)
         self.target = f"127.0.0.1:{self.port}"
+        self.http = f"http://127.0.0.1:{self.http_port}"
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
@@ -54,6 +57,8 @@ class ServerProcess:
                 self.port = int(m.group(1))
             if m := METRICS.search(line):
                 self.metrics_port = int(m.group(1))
+            if m := HTTP.search(line):
+                self.http_port = int(m.group(1))
 
     def client(self, timeout_s: float = 30.0) -> TesseraClient:
         client = TesseraClient(self.target, timeout_s)

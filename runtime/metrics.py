@@ -1,8 +1,8 @@
 """Prometheus metrics (DESIGN.md §6 Operations), on their own registry, served over HTTP by
 `python -m runtime serve --metrics-port N`:
 
-    tessera_requests_total{method, code}          RPCs by gRPC status
-    tessera_request_seconds{method}               RPC latency histogram
+    tessera_requests_total{transport, method, code}  calls by status (gRPC's code names, both transports)
+    tessera_request_seconds{transport, method}    call latency histogram
     tessera_batch_size{modality}                  items per batch (histogram)
     tessera_batch_padded_tokens{modality}         a text batch's tokens, padded to its longest (histogram)
     tessera_engine_calls_total{modality}          engine calls (a text batch split by length runs several)
@@ -41,10 +41,17 @@ class Metrics:
         r = self.registry
         ProcessCollector(registry=r)  # resident memory, CPU seconds, open files
         self.requests = Counter(
-            "tessera_requests", "RPCs by method and status", ["method", "code"], registry=r
+            "tessera_requests",
+            "calls by transport, method and status",
+            ["transport", "method", "code"],
+            registry=r,
         )
         self.latency = Histogram(
-            "tessera_request_seconds", "RPC latency", ["method"], buckets=LATENCY_BUCKETS_S, registry=r
+            "tessera_request_seconds",
+            "call latency",
+            ["transport", "method"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         )
         self.batch_size = Histogram(
             "tessera_batch_size", "items per batch", ["modality"], buckets=BATCH_BUCKETS, registry=r
@@ -84,14 +91,17 @@ class Metrics:
             ["modality"], registry=r,
         )  # fmt: skip
 
-        self._rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}  # labels() costs a lock and a dict
+        self._rpc_children: dict[
+            tuple[str, str, str], tuple[Any, Any]
+        ] = {}  # labels() costs a lock and a dict
 
-    def rpc_done(self, method: str, code: str, seconds: float) -> None:
-        """One finished RPC: counted by method and status, its latency observed."""
-        children = self._rpc_children.get((method, code))
+    def rpc_done(self, method: str, code: str, seconds: float, transport: str = "grpc") -> None:
+        """One finished call: counted by transport, method and status, its latency observed."""
+        key = (transport, method, code)
+        children = self._rpc_children.get(key)
         if children is None:
-            children = self.requests.labels(method, code), self.latency.labels(method)
-            self._rpc_children[(method, code)] = children
+            children = self.requests.labels(*key), self.latency.labels(transport, method)
+            self._rpc_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
 

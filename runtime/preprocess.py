@@ -20,7 +20,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tokenizers import Tokenizer
 
 from runtime.bundle import Bundle
@@ -64,6 +64,10 @@ class ImageDecoder:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # Pillow's own cap
             raise InvalidInput(f"image is over the {self.max_pixels:,}-pixel cap ({e})") from e
+        except UnidentifiedImageError as e:  # its message holds a memory address
+            raise InvalidInput(
+                f"image could not be decoded ({len(data)} bytes): not a JPEG, PNG or WebP"
+            ) from e
         except (OSError, ValueError, SyntaxError) as e:
             raise InvalidInput(f"image could not be decoded ({len(data)} bytes): {e}") from e
 

@@ -22,17 +22,7 @@ import grpc
 
 from runtime.admission import receive_cost
 from runtime.embedder import Content, EncodedImage, Pixels, Text
-from runtime.errors import (
-    AlreadyExists,
-    DiskFull,
-    EngineFailure,
-    Expired,
-    InvalidInput,
-    NotFound,
-    Overloaded,
-    TesseraError,
-    Unavailable,
-)
+from runtime.errors import InvalidInput, TesseraError, code_of
 from runtime.proto.tessera.v1 import tessera_pb2 as pb
 from runtime.service import received
 
@@ -115,24 +105,9 @@ def register(servicer: Any, server: grpc.aio.Server, service: str = "Tessera") -
     server.add_registered_method_handlers(descriptor.full_name, handlers)
 
 
-STATUS: list[tuple[type[Exception], grpc.StatusCode]] = [
-    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (DiskFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (Expired, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (Unavailable, grpc.StatusCode.UNAVAILABLE),
-    (EngineFailure, grpc.StatusCode.INTERNAL),
-]
-
-
 def status_of(error: Exception) -> grpc.StatusCode:
-    """The one mapping from runtime errors to gRPC status codes (DESIGN.md §5)."""
-    for kind, code in STATUS:
-        if isinstance(error, kind):
-            return code
-    return grpc.StatusCode.INTERNAL
+    """The gRPC status code of an error (runtime/errors.py: CODES, the one mapping)."""
+    return grpc.StatusCode[code_of(error)]
 
 
 def status_message(text: str) -> str:

@@ -112,6 +112,12 @@ async def serve(cfg: ServeConfig) -> int:
     )
     if cfg.metrics_port >= 0:
         log.info("metrics on http://%s:%d/metrics", cfg.host, metrics_port)
+    http = None
+    if cfg.http_port >= 0:
+        from runtime import http_api  # FastAPI and uvicorn: the `http` extra
+
+        http = await http_api.start(service, metrics, cfg.host, cfg.http_port, cfg.drain_s)
+        log.info("http on http://%s:%d", cfg.host, http[2])
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -142,7 +148,11 @@ async def serve(cfg: ServeConfig) -> int:
     service.draining = True
     for name in ("", SERVICE):
         await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    if http is not None:
+        http[0].should_exit = True  # stops listening; requests in flight finish within drain_s
     await server.stop(cfg.drain_s)
+    if http is not None:
+        await http[1]
     await embedder.close()
     service.collections.close()  # snapshots the built-in collections
     log.info("stopped")

@@ -70,6 +70,7 @@ class Embedded:
     vectors: np.ndarray  # (N, d) float32
     codes: list[Codes]  # per item; empty lists unless top codes were asked for
     timings: Timings
+    tokens: int = 0  # the texts' tokens
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ class Service:
             ids, top = top_codes(out.code_scores, top_codes_k)
             codes = [_codes(i, s) for i, s in zip(ids, top, strict=True)]
         timings = Timings(out.queue_ms, out.preprocess_ms, out.inference_ms, 1e3 * (time.perf_counter() - t0))
-        return Embedded(out.embeddings, codes, timings)
+        return Embedded(out.embeddings, codes, timings, out.tokens)
 
     async def lookup(
         self, items: Sequence[Query], top_k: int, code_ids: Sequence[int], deadline_s: float | None

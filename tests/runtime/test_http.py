@@ -1,0 +1,174 @@
+"""The HTTP/JSON transport: one service under both transports, so HTTP gives gRPC's vectors (|Δ| =
+0) for text, JPEG, PNG and raw pixels, gRPC's errors for the same bad input (as an HTTP status and
+a JSON body naming the item), gRPC's collections, and the same metrics; OpenAI's own Python client
+works against /v1/embeddings unchanged. A real `python -m runtime serve` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from runtime.http_api import HTTP_STATUS
+from runtime.proto.tessera.v1 import tessera_pb2 as pb
+from tests.runtime.conftest import Server
+from tests.runtime.test_server import BAD
+
+TEXTS = ["A red circle above a small blue square.", "two green triangles"]
+
+
+def encoded(fmt: str, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def item_json(item: pb.Item) -> dict[str, Any]:
+    """A protobuf item as the HTTP API writes it."""
+    kind = item.WhichOneof("content")
+    if kind == "text":
+        return {"text": item.text}
+    if kind == "image":
+        return {"image": b64(item.image)}
+    if kind == "pixels":
+        return {
+            "pixels": {"width": item.pixels.width, "height": item.pixels.height, "rgb": b64(item.pixels.rgb)}
+        }
+    if kind == "vector":
+        return {"vector": b64(item.vector.data), "fingerprint": item.vector.fingerprint}
+    return {}
+
+
+def http_vectors(reply: httpx.Response) -> np.ndarray:
+    assert reply.status_code == 200, reply.text
+    return np.array([e["vector"] for e in reply.json()["embeddings"]], dtype=np.float32)  # (N, d)
+
+
+def test_http_vectors_equal_grpc_for_text_jpeg_png_and_pixels(server: Server) -> None:
+    pixels = np.random.default_rng(3).integers(0, 256, (30, 20, 3), dtype=np.uint8)
+    items = [pb.Item(text=TEXTS[0]), pb.Item(image=encoded("JPEG")), pb.Item(image=encoded("PNG", 1)),
+             pb.Item(pixels=pb.RawImage(width=20, height=30, rgb=pixels.tobytes()))]  # fmt: skip
+    with server.client() as client, httpx.Client(base_url=server.http, timeout=30) as http:
+        want = np.stack(
+            [
+                np.frombuffer(e.vector, "<f4")
+                for e in client.stub.Embed(pb.EmbedRequest(items=items)).embeddings
+            ]
+        )
+        got = http_vectors(http.post("/v1/embed", json={"items": [item_json(it) for it in items]}))
+        assert np.array_equal(got, want)  # |Δ| = 0: the same service, batcher and engines
+        as_base64 = http.post("/v1/embed", json={"items": [item_json(items[0])], "encoding_format": "base64"})
+        assert np.array_equal(
+            np.frombuffer(base64.b64decode(as_base64.json()["embeddings"][0]["vector"]), "<f4"), want[0]
+        )
+        codes = http.post("/v1/embed", json={"items": [item_json(items[0])], "top_codes": 3}).json()
+        grpc_codes = client.stub.Embed(pb.EmbedRequest(items=items[:1], top_codes=3)).embeddings[0].codes
+        assert [c["id"] for c in codes["embeddings"][0]["codes"]] == [c.id for c in grpc_codes]
+
+
+def test_openai_client_embeds_texts_and_image_data_urls(server: Server) -> None:
+    openai = pytest.importorskip("openai", reason="the dev extra's openai client is not installed")
+    png = encoded("PNG", 2)
+    items = [
+        pb.Item(text=TEXTS[0]),
+        pb.Item(text=TEXTS[1]),
+        pb.Item(image=png),
+    ]  # one request, one batch each
+    with server.client() as client:
+        reply = client.stub.Embed(pb.EmbedRequest(items=items))
+        want = np.stack([np.frombuffer(e.vector, "<f4") for e in reply.embeddings])
+    api = openai.OpenAI(base_url=f"{server.http}/v1", api_key="unused")
+    reply = api.embeddings.create(model="tessera", input=[*TEXTS, f"data:image/png;base64,{b64(png)}"])
+    got = np.array([d.embedding for d in reply.data], dtype=np.float32)
+    assert np.array_equal(got, want)  # the client asked for base64 and decoded it
+    assert [d.index for d in reply.data] == [0, 1, 2] and reply.model.startswith("tessera-")
+    assert reply.usage.prompt_tokens > len(TEXTS) and reply.usage.total_tokens == reply.usage.prompt_tokens
+    floats = api.embeddings.create(model="tessera", input=TEXTS, encoding_format="float")
+    assert np.array_equal(np.array([d.embedding for d in floats.data], dtype=np.float32), want[:2])
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_gets_grpcs_error_over_http(server: Server, case: str) -> None:
+    request, message = BAD[case]
+    body = {"items": [item_json(it) for it in request.items]}
+    with server.client() as client, httpx.Client(base_url=server.http, timeout=30) as http:
+        with pytest.raises(grpc.RpcError) as err:
+            client.stub.Embed(request, timeout=30)
+        reply = http.post("/v1/embed", json=body)
+        error = reply.json()["error"]
+        assert reply.status_code == HTTP_STATUS[err.value.code().name] == 400
+        assert error["code"] == "INVALID_ARGUMENT" and message in error["message"]
+        if case != "oversized message":  # the JSON body of the same items is longer: the limit names its size
+            assert error["message"] == err.value.details()
+        assert http_vectors(
+            http.post("/v1/embed", json={"items": [{"text": "a good request right after"}]})
+        ).shape == (1, 16)
+
+
+def test_malformed_json_and_unknown_fields_are_400_naming_the_field(server: Server) -> None:
+    with httpx.Client(base_url=server.http, timeout=30) as http:
+        reply = http.post("/v1/embed", json={"items": [{"txt": "typo"}]})
+        assert reply.status_code == 400 and "items.0.txt" in reply.json()["error"]["message"]
+        reply = http.post("/v1/embed", content=b"{not json", headers={"content-type": "application/json"})
+        assert reply.status_code == 400
+        reply = http.post("/v1/embeddings", json={"input": ["data:image/png;base64,@@@"]})
+        assert reply.status_code == 400 and "input 0" in reply.json()["error"]["message"]
+
+
+def test_collections_over_http_answer_as_over_grpc(server: Server) -> None:
+    v = np.random.default_rng(5).normal(size=16).astype(np.float32)
+    with server.client() as client, httpx.Client(base_url=server.http, timeout=30) as http:
+        created = http.post("/v1/collections", json={"name": "web"})
+        assert created.status_code == 201 and created.json()["count"] == 0
+        assert http.post("/v1/collections", json={"name": "web"}).status_code == 409
+        records = [{"id": "t", "item": {"text": TEXTS[0]}, "payload": {"kind": "text", "n": [1, 2]}},
+                   {"id": "v", "item": {"vector": v.tolist()}, "payload": "just a string"},
+                   {"id": "p", "item": {"image": b64(encoded("PNG", 4))}}]  # fmt: skip
+        assert http.post("/v1/collections/web/records", json={"records": records}).json()["upserted"] == 3
+        hits = http.post("/v1/collections/web/search", json={"query": {"text": TEXTS[0]}, "top_k": 3}).json()
+        grpc_hits = client.stub.Search(
+            pb.SearchRequest(collection="web", query=pb.Item(text=TEXTS[0]), top_k=3)
+        ).hits
+        assert [(h["id"], h["score"]) for h in hits["hits"]] == [
+            (h.id, pytest.approx(h.score)) for h in grpc_hits
+        ]
+        payloads = {h["id"]: h["payload"] for h in hits["hits"]}
+        assert (
+            payloads["t"] == {"kind": "text", "n": [1, 2]}
+            and payloads["v"] == "just a string"
+            and payloads["p"] == {}
+        )
+        assert http.post("/v1/collections/web/delete", json={"ids": ["v", "nope"]}).json() == {"deleted": 1}
+        listed = {c["name"]: c["count"] for c in http.get("/v1/collections").json()["collections"]}
+        assert listed["web"] == 2
+        assert http.post("/v1/collections/none/search", json={"query": {"text": "x"}}).status_code == 404
+        assert http.delete("/v1/collections/web").status_code == 200
+        assert http.delete("/v1/collections/web").status_code == 404
+
+
+def test_health_readiness_openapi_info_and_metrics(server: Server) -> None:
+    before = server.metrics()
+    with httpx.Client(base_url=server.http, timeout=30) as http:
+        assert http.get("/healthz").status_code == 200 and http.get("/readyz").status_code == 200
+        paths = http.get("/openapi.json").json()["paths"]
+        assert {"/v1/embeddings", "/v1/embed", "/v1/lookup", "/v1/collections/{name}/search"} <= set(paths)
+        info = http.get("/v1/info").json()
+        assert info["embed_dim"] == 16 and {e["modality"] for e in info["engines"]} == {"image", "text"}
+        looked = http.post(
+            "/v1/lookup", json={"items": [{"text": "a dog"}], "top_k": 2, "code_ids": [0]}
+        ).json()
+        assert len(looked["results"][0]) == 2 and len(looked["code_vectors"][0]) == 16
+    after = server.metrics()
+    key = 'tessera_requests_total{code="OK",method="Lookup",transport="http"}'
+    assert after[key] - before.get(key, 0) == 1
