@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import shutil
+import subprocess
 from typing import Any
 
 import grpc
@@ -17,6 +20,7 @@ from PIL import Image
 
 from runtime.http_api import HTTP_STATUS
 from runtime.proto.tessera.v1 import tessera_pb2 as pb
+from tests.conftest import REPO_ROOT
 from tests.runtime.conftest import Server
 from tests.runtime.test_server import BAD
 
@@ -172,3 +176,27 @@ def test_health_readiness_openapi_info_and_metrics(server: Server) -> None:
     after = server.metrics()
     key = 'tessera_requests_total{code="OK",method="Lookup",transport="http"}'
     assert after[key] - before.get(key, 0) == 1
+
+
+def readme_block(heading: str) -> str:
+    """The first ```bash block after `heading` in the README."""
+    text = (REPO_ROOT / "README.md").read_text()
+    after = text[text.index(heading) :]
+    return after[after.index("```bash\n") + len("```bash\n") : after.index("\n```", after.index("```bash\n"))]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None or shutil.which("jq") is None, reason="needs curl and jq")
+def test_the_readme_curl_examples_work_as_printed(server: Server) -> None:
+    script = "set -euo pipefail\n" + readme_block("### HTTP/JSON")
+    run = subprocess.run(["bash", "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TESSERA_HTTP": server.http})  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    assert '"status":"ready"}16\n' in out  # ready (printed without a newline), then a 16-dim embedding
+    assert '"prompt_tokens"' in out and '"id":' in out.replace(" ", "")  # the image's usage; codes
+    assert (
+        '"name":"readme"' in out
+        and '"upserted":1' in out
+        and '"id": "d1"' in out
+        and '"dropped":"readme"' in out
+    )
