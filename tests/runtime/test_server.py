@@ -12,8 +12,10 @@ import json
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -363,3 +365,32 @@ def test_tensorrt_backend_builds_in_the_background_then_serves(bundle: Path, tmp
         assert list((tmp_path / "engines").glob("*.plan"))
     finally:
         assert s.stop() == 0
+
+
+def test_a_failing_or_cancelled_stream_is_counted_by_its_real_code(server: Server) -> None:
+    def count(code: str) -> float:
+        return server.metrics().get(
+            f'tessera_requests_total{{code="{code}",method="EmbedStream",transport="grpc"}}', 0
+        )
+
+    before = {code: count(code) for code in ("OK", "INVALID_ARGUMENT", "CANCELLED")}
+    with server.client() as client:
+        bad = iter([pb.EmbedRequest(items=[pb.Item(text="fine")]), pb.EmbedRequest()])
+        with pytest.raises(grpc.RpcError):
+            list(client.stub.EmbedStream(bad, timeout=30))
+        release = threading.Event()
+
+        def held_open() -> Iterator[pb.EmbedRequest]:
+            yield pb.EmbedRequest(items=[pb.Item(text="then cancelled")])
+            release.wait(10)
+
+        stream = client.stub.EmbedStream(held_open(), timeout=30)
+        next(stream)
+        stream.cancel()
+        release.set()
+    deadline = time.monotonic() + 10
+    while count("CANCELLED") == before["CANCELLED"] and time.monotonic() < deadline:
+        time.sleep(0.05)  # the server sees the cancellation a moment later
+    assert count("INVALID_ARGUMENT") == before["INVALID_ARGUMENT"] + 1
+    assert count("CANCELLED") == before["CANCELLED"] + 1
+    assert count("OK") == before["OK"]
