@@ -4,6 +4,8 @@ environment variable (runtime/config.py); the flag wins.
     python -m runtime serve --bundle runs/bundle --port 50051 --metrics-port 9090
     TESSERA_BUNDLE=runs/bundle TESSERA_MAX_WAIT_MS=2 python -m runtime serve
 
+`python -m runtime keys add|revoke|list --file F` manages API keys (runtime/keys.py).
+
 `python -m runtime check --bundle DIR` runs the check `serve --int8` makes at start — each int8
 graph against the bundle's fp32 reference, on this CPU (runtime/selfcheck.py) — prints a line per
 graph and exits 1 where one fails: whether a bundle's int8 holds on a machine, without serving.
@@ -42,12 +44,13 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument(flag, action="store_true", default=None, help=f"{helps.get(f.name, '')} [{env}]")
             continue
         kind = {"int": int, "float": float}.get(str(f.type), str)
-        choices = {"backend": BACKENDS, "int8": INT8_MODES}.get(f.name)
+        choices = {"backend": BACKENDS, "int8": INT8_MODES, "reflection": ("auto", "on", "off")}.get(f.name)
         bare = {"nargs": "?", "const": "on"} if f.name == "int8" else {}  # `--int8` alone is `--int8=on`
         s.add_argument(
             flag, type=kind, default=None, choices=choices, **bare,
             help=f"{helps.get(f.name, '')} [{env}, default {default!r}]",
         )  # fmt: skip
+    sub.add_parser("keys", help="add, revoke or list API keys (python -m runtime keys add --help)")
     c = sub.add_parser("check", help="check the bundle's int8 graphs on this CPU, as `serve --int8` does")
     c.add_argument("--bundle", default=None, help="the bundle to check [TESSERA_BUNDLE]")
     c.add_argument(
@@ -77,6 +80,11 @@ def check(cfg: ServeConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["keys"]:  # API keys: runtime/keys.py has its own parser
+        from runtime.keys import main as keys_main
+
+        return keys_main(argv[1:])
     args = parser().parse_args(argv)
     try:
         cfg = load_config({k: v for k, v in vars(args).items() if k != "command"})

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -30,6 +32,7 @@ from runtime.proto.tessera.v1 import tessera_pb2_grpc as pb_grpc
 ImageLike = str | Path | bytes | np.ndarray  # a file, encoded bytes, or (H, W, 3) uint8 RGB pixels
 Query = str | Path | bytes | np.ndarray  # a text (str), an image (path, bytes, pixels) or a 1-D vector
 Codes = list[list[tuple[int, float]]]
+PathLike = str | Path
 
 
 @dataclass(frozen=True)
@@ -71,13 +74,40 @@ def to_vectors(response: pb.EmbedResponse) -> np.ndarray:
     return np.stack([np.frombuffer(e.vector, dtype="<f4") for e in response.embeddings])  # (N, d)
 
 
+class _Key(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer <key>` to every call (on plaintext channels too)."""
+
+    def __init__(self, key: str) -> None:
+        self.metadata = (("authorization", f"Bearer {key}"),)
+
+    def _with_key(self, details: Any) -> Any:
+        return details._replace(metadata=(*(details.metadata or ()), *self.metadata))
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_key(details), request)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_key(details), requests)
+
+
 class TesseraClient:
     def __init__(
-        self, target: str = "127.0.0.1:50051", timeout_s: float = 30.0, max_message_mb: int = 64
-    ) -> None:
+        self, target: str = "127.0.0.1:50051", timeout_s: float = 30.0, max_message_mb: int = 64,
+        tls_ca: PathLike | None = None, tls_cert: PathLike | None = None, tls_key: PathLike | None = None,
+        api_key: str | None = None,
+    ) -> None:  # fmt: skip
+        """`tls_ca` (the server's CA) makes the channel TLS; `tls_cert` and `tls_key` add a client
+        certificate (mTLS); `api_key` goes with every call."""
         opts = [("grpc.max_send_message_length", max_message_mb << 20),
                 ("grpc.max_receive_message_length", max_message_mb << 20)]  # fmt: skip
-        self.channel = grpc.insecure_channel(target, options=opts)
+        if tls_ca or tls_cert:
+            read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
+            creds = grpc.ssl_channel_credentials(read(tls_ca), read(tls_key), read(tls_cert))
+            self.channel = grpc.secure_channel(target, creds, options=opts)
+        else:
+            self.channel = grpc.insecure_channel(target, options=opts)
+        if api_key:
+            self.channel = grpc.intercept_channel(self.channel, _Key(api_key))
         self.stub = pb_grpc.TesseraStub(self.channel)
         self.timeout_s = timeout_s
 
@@ -229,6 +259,10 @@ def _items(args: argparse.Namespace) -> tuple[list[str], list[pb.Item]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m runtime.client", description="Call a Tessera server.")
     p.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of the server")
+    p.add_argument("--tls-ca", help="the server's CA certificate (PEM): connect with TLS")
+    p.add_argument("--tls-cert", help="this client's certificate (PEM), for mTLS")
+    p.add_argument("--tls-key", help="its private key (PEM)")
+    p.add_argument("--api-key", default=os.environ.get("TESSERA_API_KEY"), help="[TESSERA_API_KEY]")
     p.add_argument("--timeout-s", type=float, default=30.0)
     sub = p.add_subparsers(dest="command", required=True)
     for name in ("embed", "lookup"):
@@ -253,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     dr = sub.add_parser("drop", help="drop a collection")
     dr.add_argument("--collection", required=True)
     args = p.parse_args(argv)
-    with TesseraClient(args.target, args.timeout_s) as client:
+    with TesseraClient(args.target, args.timeout_s, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+                       tls_key=args.tls_key, api_key=args.api_key) as client:  # fmt: skip
         try:
             if args.command == "info":
                 print(client.info())

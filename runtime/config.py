@@ -27,6 +27,13 @@ class ServeConfig:
     port: int = 50051  # gRPC port; 0 picks a free one (logged)
     http_port: int = -1  # the HTTP/JSON API's port (OpenAI's /v1/embeddings, REST); -1 = off, 0 = any
     reuse_port: bool = False  # share the port with servers that ask too (SO_REUSEPORT); a taken one stops
+    tls_cert: str = ""  # server certificate chain (PEM); with tls_key both transports speak TLS only
+    tls_key: str = ""  # the certificate's private key (PEM)
+    tls_client_ca: str = ""  # require client certificates signed by this CA (mTLS)
+    api_keys: str = ""  # key file (python -m runtime keys): every API call then needs a key of its scope
+    insecure: bool = False  # no warning for binding beyond loopback without TLS or API keys
+    reflection: str = "auto"  # gRPC server reflection: auto (on only when bound to loopback) | on | off
+    metrics_host: str = "127.0.0.1"  # where /metrics listens (it carries no secrets; nobody outside needs it)
     backend: str = "auto"  # auto | onnxruntime | tensorrt
     int8: str = "off"  # int8 graphs, each checked on this CPU: on = refuse a failed check, auto = serve fp32
     max_batch_size: int = 32  # items per engine call; ≤ the bundle's max_batch
@@ -64,6 +71,8 @@ class ServeConfig:
         object.__setattr__(self, "int8", INT8_WORDS.get(int8, int8))
         if self.int8 not in INT8_MODES:
             raise ValueError(f"int8 {self.int8!r} is not one of {', '.join(INT8_MODES)}")
+        if self.reflection not in ("auto", "on", "off"):
+            raise ValueError(f"reflection {self.reflection!r} is not one of auto, on, off")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
         for name in ("max_batch_size", "max_queue", "max_items_per_request", "max_request_bytes",

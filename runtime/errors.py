@@ -69,6 +69,14 @@ def shown(value: str, limit: int = 64) -> str:
     return f"{value[:limit]!r}… ({len(value):,} characters)"
 
 
+class Unauthenticated(TesseraError):
+    """No API key, or not a valid one (UNAUTHENTICATED / 401); never says which."""
+
+
+class PermissionDenied(TesseraError):
+    """A valid API key without the scope the call needs (PERMISSION_DENIED / 403)."""
+
+
 # The one mapping from errors to status, by gRPC's code names: runtime/rpc.py turns them into gRPC
 # status codes, runtime/http_api.py into HTTP statuses. First match wins; anything else is INTERNAL.
 CODES: list[tuple[type[Exception], str]] = [
@@ -80,6 +88,8 @@ CODES: list[tuple[type[Exception], str]] = [
     (Expired, "DEADLINE_EXCEEDED"),
     (Unavailable, "UNAVAILABLE"),
     (EngineFailure, "INTERNAL"),
+    (Unauthenticated, "UNAUTHENTICATED"),
+    (PermissionDenied, "PERMISSION_DENIED"),
 ]
 
 

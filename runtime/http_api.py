@@ -48,11 +48,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from runtime.admission import receive_cost
 from runtime.embedder import Content, EncodedImage, Pixels, Text
 from runtime.errors import DiskFull, InvalidInput, Overloaded, StartError, TesseraError, code_of
+from runtime.keys import SCOPE_OF, KeyFile, bearer
 from runtime.metrics import Metrics
 from runtime.rpc import status_message
 from runtime.service import Codes, Query, Record, Service, Vector, received
+from runtime.tls import Tls
 
 log = logging.getLogger(__name__)
+Receive = Callable[[], Awaitable[Any]]  # ASGI
 HTTP_STATUS = {
     "INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "ALREADY_EXISTS": 409, "RESOURCE_EXHAUSTED": 429,
     "DEADLINE_EXCEEDED": 504, "UNAVAILABLE": 503, "INTERNAL": 500, "UNAUTHENTICATED": 401,
@@ -254,11 +257,54 @@ class Admission:
             received.reset(token)
 
 
+# -- API keys, before admission ---------------------------------------------------------------------
+
+OPEN = {"/healthz", "/readyz", "/openapi.json"}  # probes and the schema: no key
+
+
+def method_of(verb: str, path: str) -> str:
+    """The API method a route serves (runtime/keys.py scopes them; metrics name them)."""
+    parts = path.strip("/").split("/")  # v1, collections, {name}, search
+    fixed = {
+        ("POST", "v1/embeddings"): "Embed", ("POST", "v1/embed"): "Embed", ("POST", "v1/lookup"): "Lookup",
+        ("GET", "v1/info"): "Info", ("GET", "v1/collections"): "ListCollections",
+        ("POST", "v1/collections"): "CreateCollection",
+    }  # fmt: skip
+    if (verb, "/".join(parts)) in fixed:
+        return fixed[(verb, "/".join(parts))]
+    if parts[:2] == ["v1", "collections"] and len(parts) == 3 and verb == "DELETE":
+        return "DropCollection"
+    if parts[:2] == ["v1", "collections"] and len(parts) == 4 and verb == "POST":
+        return {"records": "Upsert", "delete": "Delete", "search": "Search"}.get(parts[3], "Info")
+    return "Info"  # anything else needs a read key too: no route is told apart from a missing one
+
+
+class Keys:
+    """Pure ASGI: a request without a valid key of its route's scope is refused unread."""
+
+    def __init__(self, app: Any, keys: KeyFile, metrics: Metrics) -> None:
+        self.app, self.keys, self.metrics = app, keys, metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN:
+            await self.app(scope, receive, send)
+            return
+        method = method_of(scope["method"], scope["path"])
+        header = dict(scope["headers"]).get(b"authorization")
+        try:
+            self.keys.check(bearer(header.decode("latin-1") if header else None), SCOPE_OF[method])
+        except TesseraError as e:
+            self.metrics.rpc_done(method, code_of(e), 0.0, transport="http")
+            await error_response(e)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 # -- the app ----------------------------------------------------------------------------------------------
 
 
-def build_app(service: Service, metrics: Metrics) -> Any:
-    """The FastAPI app over `service`, wrapped in admission."""
+def build_app(service: Service, metrics: Metrics, keys: KeyFile | None = None) -> Any:
+    """The FastAPI app over `service`, wrapped in admission and, with `keys`, in key checks."""
     app = FastAPI(title="Tessera", version=service.info().version, docs_url=None, redoc_url=None)
 
     @contextlib.contextmanager
@@ -397,7 +443,8 @@ def build_app(service: Service, metrics: Metrics) -> Any:
         ready = service.ready and not service.draining
         return Orjson({"status": "ready" if ready else "not ready"}, status_code=200 if ready else 503)
 
-    return Admission(app, service)
+    admitted = Admission(app, service)
+    return Keys(admitted, keys, metrics) if keys is not None else admitted
 
 
 def _check_json(check: Any) -> Any:
@@ -423,7 +470,13 @@ class EmbeddedServer(uvicorn.Server):
 
 
 async def start(
-    service: Service, metrics: Metrics, host: str, port: int, drain_s: float
+    service: Service,
+    metrics: Metrics,
+    host: str,
+    port: int,
+    drain_s: float,
+    tls: Tls | None = None,
+    keys: KeyFile | None = None,
 ) -> tuple[EmbeddedServer, asyncio.Task[None], int]:
     """Binds the port (a taken one raises StartError, not uvicorn's exit) and starts serving on this
     loop; returns the server, its task and the bound port (0 picks one)."""
@@ -435,8 +488,8 @@ async def start(
         sock.close()
         raise StartError(f"HTTP port {port} on {host}: {e.strerror}") from e
     config = uvicorn.Config(
-        build_app(service, metrics), log_config=None, access_log=False, lifespan="off", loop="none",
-        timeout_graceful_shutdown=int(drain_s),
+        build_app(service, metrics, keys), log_config=None, access_log=False, lifespan="off", loop="none",
+        timeout_graceful_shutdown=int(drain_s), **(tls.uvicorn_options() if tls else {}),
     )  # fmt: skip
     server = EmbeddedServer(config)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))

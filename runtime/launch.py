@@ -18,7 +18,7 @@ from runtime.metrics import parse_metrics
 
 LISTEN = re.compile(r"listening on [\d.]+:(\d+)")
 METRICS = re.compile(r"metrics on http://[\d.]+:(\d+)/metrics")
-HTTP = re.compile(r"http on http://[\d.]+:(\d+)")
+HTTP = re.compile(r"http on https?://[\d.]+:(\d+)")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -47,7 +47,8 @@ class ServerProcess:
                 raise RuntimeError("server did not start:\n" + "".join(self.lines))
             time.sleep(0.02)
         self.target = f"127.0.0.1:{self.port}"
-        self.http = f"http://127.0.0.1:{self.http_port}"
+        scheme = "https" if "--tls-cert" in flags else "http"
+        self.http = f"{scheme}://127.0.0.1:{self.http_port}"
 
     def _read(self) -> None:
         assert self.proc.stderr is not None

@@ -18,15 +18,18 @@
 
 from __future__ import annotations
 
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import (
+    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     ProcessCollector,
-    start_http_server,
+    generate_latest,
 )
 
 from runtime.selfcheck import PrecisionCheck
@@ -116,9 +119,28 @@ class Metrics:
         return BatcherMetrics(self, modality)
 
     def serve(self, host: str, port: int) -> int:
-        """Starts the /metrics HTTP server in a thread; returns its port (port 0 picks one)."""
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
-        return int(server.server_port)
+        """Starts the metrics HTTP server in a thread: /metrics, 404 anywhere else. Returns its port
+        (port 0 picks one)."""
+        registry = self.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?", 1)[0] != "/metrics":
+                    self.send_error(404, "only /metrics is here")
+                    return
+                body = generate_latest(registry)
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
+                pass
+
+        server = ThreadingHTTPServer((host, port), Handler)
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+        return int(server.server_address[1])
 
 
 class BatcherMetrics:

@@ -23,6 +23,7 @@ import grpc
 from runtime.admission import receive_cost
 from runtime.embedder import Content, EncodedImage, Pixels, Text
 from runtime.errors import InvalidInput, TesseraError, code_of
+from runtime.keys import SCOPE_OF, KeyFile, bearer
 from runtime.proto.tessera.v1 import tessera_pb2 as pb
 from runtime.service import received
 
@@ -193,3 +194,42 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
 
 def timings_of(out: Any) -> pb.Timings:
     return pb.Timings(queue_ms=out.queue_ms, preprocess_ms=out.preprocess_ms, inference_ms=out.inference_ms)
+
+
+class KeyCheck(grpc.aio.ServerInterceptor):
+    """API keys for tessera.v1.Tessera (health and reflection stay open, revealing nothing): a call
+    without a valid key of its method's scope (runtime/keys.py) is refused before its message is
+    read, and counted by its code."""
+
+    def __init__(self, keys: KeyFile, metrics: Any) -> None:
+        self.keys, self.metrics = keys, metrics
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        service, _, method = details.method.rpartition("/")
+        if service != "/tessera.v1.Tessera":
+            return await continuation(details)
+        header = next((v for k, v in details.invocation_metadata or () if k == "authorization"), None)
+        try:
+            self.keys.check(
+                bearer(str(header) if header is not None else None), SCOPE_OF.get(method, "admin")
+            )
+        except TesseraError as e:
+            code = code_of(e)
+            self.metrics.rpc_done(method, code, 0.0)
+            return refusal(grpc.StatusCode[code], str(e), streaming=method == "EmbedStream")
+        return await continuation(details)
+
+
+def refusal(code: grpc.StatusCode, message: str, streaming: bool) -> grpc.RpcMethodHandler:
+    """A handler that answers `code` without reading the request."""
+
+    async def unary(requests: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, message)
+
+    async def stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await context.abort(code, message)
+        yield  # a generator, as a streaming handler must be
+
+    if streaming:
+        return grpc.stream_stream_rpc_method_handler(stream)
+    return grpc.stream_unary_rpc_method_handler(unary)

@@ -33,12 +33,15 @@ from runtime.errors import StartError
 from runtime.footprint import return_freed_memory_to_the_os, trim
 from runtime.grpc_api import Servicer
 from runtime.index.registry import Collections
+from runtime.keys import KeyFile
 from runtime.metrics import Metrics
-from runtime.rpc import register
+from runtime.rpc import KeyCheck, register
 from runtime.service import Service
+from runtime.tls import Tls, load_tls
 
 log = logging.getLogger(__name__)
 SERVICE = "tessera.v1.Tessera"
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 TRIM_EVERY_S = 2.0
 
 
@@ -52,10 +55,23 @@ async def trim_every(interval_s: float) -> None:
         await asyncio.to_thread(trim)
 
 
-def bind(server: grpc.aio.Server, host: str, port: int) -> int:
+def reload_keys(keys: KeyFile) -> None:
+    """SIGHUP: the key file again; a broken one keeps the keys already loaded."""
+    try:
+        log.info("reloaded %d API keys from %s", keys.reload(), keys.path)
+    except StartError as e:
+        log.error("%s; keeping the %d keys loaded before", e, len(keys.entries))
+
+
+def bind(server: grpc.aio.Server, host: str, port: int, tls: Tls | None) -> int:
     """Binds the gRPC port; a port another process holds stops the start (StartError)."""
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        address = f"{host}:{port}"
+        bound = (
+            server.add_secure_port(address, tls.grpc_credentials())
+            if tls
+            else server.add_insecure_port(address)
+        )
     except RuntimeError as e:  # gRPC: "Failed to bind to address ..."
         raise StartError(f"port {port} on {host} is in use (or not this machine's address): {e}") from e
     if bound == 0:
@@ -71,58 +87,63 @@ async def serve(cfg: ServeConfig) -> int:
         from runtime.tensorrt import import_tensorrt
 
         import_tensorrt()
+    tls = load_tls(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+    keys = KeyFile(Path(cfg.api_keys)) if cfg.api_keys else None
+    loopback = cfg.host in LOOPBACK
+    if not loopback and tls is None and keys is None and not cfg.insecure:
+        log.warning(
+            "SERVING ON %s WITHOUT TLS OR API KEYS: anyone who can reach the port can read and drop "
+            "collections. Pass --tls-cert/--tls-key and --api-keys, or --insecure to silence this.", cfg.host,
+        )  # fmt: skip
     metrics = Metrics()
     embedder = Embedder(bundle, cfg, metrics)
     service = Service(embedder, cfg, metrics)
-    servicer = Servicer(service, metrics)
     server = grpc.aio.server(
+        interceptors=[KeyCheck(keys, metrics)] if keys is not None else None,
         maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,  # beyond: RESOURCE_EXHAUSTED, message unread
         options=[
             ("grpc.max_receive_message_length", 2 * cfg.max_request_bytes),
             ("grpc.max_send_message_length", 64 << 20),
             ("grpc.so_reuseport", 1 if cfg.reuse_port else 0),  # gRPC's default shares a taken port
             ("grpc.http2.bdp_probe", 0),  # its wider windows buffer messages before admission reads them
-            *(
-                [("grpc.max_concurrent_streams", cfg.max_streams_per_connection)]
-                if cfg.max_streams_per_connection
-                else []
-            ),
+            *([("grpc.max_concurrent_streams", cfg.max_streams_per_connection)]
+              if cfg.max_streams_per_connection else []),
         ],
-    )
-    register(servicer, server)
+    )  # fmt: skip
+    register(Servicer(service, metrics), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
-    reflection.enable_server_reflection(names, server)
-    port = bind(server, cfg.host, cfg.port)
+    if cfg.reflection == "on" or (cfg.reflection == "auto" and loopback):
+        names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+    port = bind(server, cfg.host, cfg.port, tls)
     if cfg.metrics_port >= 0:
         try:
-            metrics_port = metrics.serve(cfg.host, cfg.metrics_port)
+            metrics_port = metrics.serve(cfg.metrics_host, cfg.metrics_port)
         except OSError as e:
-            raise StartError(f"metrics port {cfg.metrics_port} on {cfg.host}: {e.strerror}") from e
+            raise StartError(f"metrics port {cfg.metrics_port} on {cfg.metrics_host}: {e.strerror}") from e
     for name in ("", SERVICE):
         await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
-    log.info(
-        "listening on %s:%d (bundle %s, model %s)",
-        cfg.host,
-        port,
-        bundle.root,
-        bundle.manifest.fingerprint[:12],
-    )
+    transport = "mTLS" if tls and tls.client_ca else "TLS" if tls else "plaintext"
+    security = f"{transport}, {'API keys' if keys else 'no keys'}"
+    log.info("listening on %s:%d (bundle %s, model %s; %s)", cfg.host, port, bundle.root,
+             bundle.manifest.fingerprint[:12], security)  # fmt: skip
     if cfg.metrics_port >= 0:
-        log.info("metrics on http://%s:%d/metrics", cfg.host, metrics_port)
+        log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, metrics_port)
     http = None
     if cfg.http_port >= 0:
         from runtime import http_api  # FastAPI and uvicorn: the `http` extra
 
-        http = await http_api.start(service, metrics, cfg.host, cfg.http_port, cfg.drain_s)
-        log.info("http on http://%s:%d", cfg.host, http[2])
+        http = await http_api.start(service, metrics, cfg.host, cfg.http_port, cfg.drain_s, tls, keys)
+        log.info("http on http%s://%s:%d", "s" if tls else "", cfg.host, http[2])
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if keys is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: reload_keys(keys))
     t0 = time.perf_counter()
     m = bundle.manifest
     try:  # a refused start (an int8 check, a corrupt collection) stops the listener before it returns
