@@ -86,9 +86,13 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
-def _session(path: Path, disabled_optimizers: list[str] | None = None) -> ort.InferenceSession:
+def _session(
+    path: Path, disabled_optimizers: list[str] | None = None, config: dict[str, str] | None = None
+) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, value)
     return ort.InferenceSession(
         str(path), opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled_optimizers
     )
@@ -258,12 +262,12 @@ class Exporter:
             self.int8_notes[key] = quantize_graph(
                 tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx", shape, feeds
             )
-            spec = self.graphs[key]
-            disabled = self.int8_notes[key]["disabled_optimizers"]
+            spec, notes = self.graphs[key], self.int8_notes[key]
+            disabled, config = notes["disabled_optimizers"], notes["session_config"]
             self.graphs[f"{key}_int8"] = GraphSpec(
-                f"{name}.int8.onnx", "int8", spec.inputs, spec.outputs, disabled_optimizers=disabled
+                f"{name}.int8.onnx", "int8", spec.inputs, spec.outputs, disabled, session_config=config
             )
-            int8 = SessionGraph(f"{name}.int8.onnx", _session(tmp / f"{name}.int8.onnx", disabled))
+            int8 = SessionGraph(f"{name}.int8.onnx", _session(tmp / f"{name}.int8.onnx", disabled, config))
             check = check_engine(int8, reference, key, "int8")  # the check the server repeats at start
             what = reference.spec.inputs[key]
             self.parity.append(ParityRecord(f"{key}_int8", backend, "onnxruntime fp32", what, check.rows,
@@ -272,7 +276,7 @@ class Exporter:
             if not check.passed:
                 raise ExportError(check.describe())
         if self.opts.calibration is not None:
-            self.calibration_note = _recall_change(tmp, text, model, self.opts)
+            self.calibration_note = _recall_change(tmp, text, model, self.opts, self.graphs)
             self.progress(f"int8     Recall@1 change on calibration data: {self.calibration_note}")
 
     def manifest(self, model: DualEncoder, ckpt: dict, text: TextEncoder) -> Manifest:
@@ -364,7 +368,9 @@ def _calibration_items(path: Path) -> list:
         return load_jsonl(path, None, 30)
 
 
-def _recall_change(tmp: Path, text: TextEncoder, model: DualEncoder, opts: ExportOptions) -> dict[str, float]:
+def _recall_change(
+    tmp: Path, text: TextEncoder, model: DualEncoder, opts: ExportOptions, graphs: dict[str, GraphSpec]
+) -> dict[str, float]:
     """Recall@1 (both ways) of the fp32 and int8 graphs on up to 500 calibration images."""
     from train.data.augment import eval_view
     from train.data.captions import retrieval_set
@@ -374,11 +380,12 @@ def _recall_change(tmp: Path, text: TextEncoder, model: DualEncoder, opts: Expor
     rset = retrieval_set(_calibration_items(opts.calibration)[:500])
     root, size = opts.calibration.parent / "images", model.cfg.image.image_size
     out: dict[str, float] = {}
-    for suffix in ("", ".int8"):
-        img_s, txt_s = (
-            _session(tmp / f"image_encoder{suffix}.onnx"),
-            _session(tmp / f"text_encoder{suffix}.onnx"),
-        )
+    for suffix in ("", "_int8"):
+        img_s, txt_s = (  # each with the session its graph asks for
+            _session(tmp / graphs[f"{key}{suffix}"].file, graphs[f"{key}{suffix}"].disabled_optimizers,
+                     graphs[f"{key}{suffix}"].session_config)
+            for key in ("image", "text")
+        )  # fmt: skip
         images = [np.asarray(eval_view(Image.open(root / r), size), dtype=np.uint8) for r in rset.images]
         img = np.concatenate(
             [img_s.run(None, {"pixels": np.stack(images[i : i + 32])})[0] for i in range(0, len(images), 32)]

@@ -15,16 +15,19 @@ sentences locate the FFN outlier channels).
 - Given calibration inputs, the few outlier channels of each FFN's hidden activation move to a
   small fp32 side branch first (export/outliers.py), so they no longer set the int8 step of the
   whole tensor.
-- Weights are int8 per output channel, in 7 bits ([-64, 64], ONNX Runtime's `reduce_range`), so
-  that every CPU computes the same exact integer products. Activations are uint8; x86 CPUs without
-  VNNI (AVX2, AVX-512 without VNNI) multiply them with VPMADDUBSW, which sums each pair of uint8 x
-  int8 products into a saturating int16. With full-range weights a pair reaches 2·255·127 = 64,770
-  and is clipped to 32,767; with 7-bit weights it is at most 2·255·64 = 32,640, so nothing clips,
-  and VNNI, AMX and ARM's dot products (int32 accumulators) compute the same sums. ONNX Runtime's
-  other remedies keep 8-bit weights and pay in speed where VNNI is missing: uint8 weights (a
-  slower u8u8 kernel) or `session.x64quantprecision` (the same conversion made at load time, and
-  lost on any runtime that does not set the option). The choice and its measured costs are in
-  docs/decisions.md §5; `runtime/selfcheck.py` re-checks the graph on the machine that serves it.
+- Weights are int8 per output channel, asymmetric (each channel its own zero point, all 256
+  levels used), and the graph asks ONNX Runtime for `session.x64quantprecision` (recorded in the
+  manifest's GraphSpec.session_config, applied by every session that loads it). Activations are
+  uint8; x86 CPUs without VNNI (AVX2, AVX-512 without VNNI) multiply them with VPMADDUBSW, which sums
+  each pair of uint8 x int8 products into a saturating int16: a pair reaches 2·255·128 = 65,280
+  and is clipped to 32,767. With the option set, ONNX Runtime converts such weights to uint8 at
+  load on those CPUs only and runs a u8u8 kernel that widens before it adds; VNNI, AMX and ARM's
+  dot products (int32 accumulators) run the int8 weights as they are. Either way every CPU
+  computes the exact integer products. The alternatives measured (docs/decisions.md §5): 7-bit
+  weights (ONNX Runtime's reduce_range) avoid the clipping without the option, at full speed, but
+  lose a bit of every weight, which took 1 % of Flickr8k captions below cosine 0.99; uint8
+  weights are as exact and as accurate but lose VNNI's u8s8 kernel everywhere. `runtime/selfcheck.py`
+  re-checks the graph on the machine that serves it.
 - Only weight MatMul/Gemm (and the fused Attention) are quantised: they carry the transformer and
   projection FLOPs, and ONNX Runtime's integer kernels for them are fast on x86 and ARM.
   Activation-by-activation MatMuls (attention scores and their product with values) stay fp32:
@@ -37,7 +40,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,22 +53,28 @@ from export.outliers import split_ffn_outliers
 QUANTISED_OPS = ["MatMul", "Gemm", "Attention"]
 
 
+EXACT_ON_X86 = {"session.x64quantprecision": "1"}  # u8u8 on x86 without VNNI, where u8s8 would clip
+
+
 @dataclass(frozen=True)
 class WeightScheme:
-    """How an int8 graph stores its weights, in ONNX Runtime's terms."""
+    """How an int8 graph stores its weights, in ONNX Runtime's terms, and the session options it
+    needs to be computed exactly."""
 
     weight_type: QuantType
     reduce_range: bool
     range: tuple[int, int]  # the stored integers' bounds
+    symmetric: bool = True  # a zero point of 0 per channel (else each channel's own)
+    session_config: dict[str, str] = field(default_factory=dict)
 
 
 WEIGHTS = {
-    "s8-7bit": WeightScheme(QuantType.QInt8, True, (-64, 64)),  # exact on every CPU (docstring)
-    "s8-8bit": WeightScheme(QuantType.QInt8, False, (-127, 127)),  # saturates on x86 without VNNI
-    "u8-8bit": WeightScheme(QuantType.QUInt8, False, (0, 255)),  # exact, through a u8u8 kernel
+    "s8-8bit-asym": WeightScheme(QuantType.QInt8, False, (-128, 127), False, EXACT_ON_X86),  # the export's
+    "s8-8bit": WeightScheme(QuantType.QInt8, False, (-127, 127), True, EXACT_ON_X86),
+    "s8-7bit": WeightScheme(QuantType.QInt8, True, (-64, 64)),  # exact anywhere without options
+    "u8-8bit": WeightScheme(QuantType.QUInt8, False, (0, 255), False),  # exact, through a u8u8 kernel
 }
-DEFAULT_WEIGHTS = "s8-7bit"
-WEIGHT_RANGE = WEIGHTS[DEFAULT_WEIGHTS].range
+DEFAULT_WEIGHTS = "s8-8bit-asym"
 # ONNX Runtime's own SkipLayerNormalization kernel measured slower than the Add + LayerNormalization
 # it replaces on the fused int8 text graph (docs/decisions.md §5), so the manifest asks the session
 # not to make it (GraphSpec.disabled_optimizers).
@@ -92,7 +101,8 @@ def quantize_graph(
     given, FFN outlier channels split out on `calibration` feeds when given (export/outliers.py),
     then dynamic quantisation. Returns what was done, for the manifest: {"fused_attention":
     Attention nodes made, "ffn_outlier_channels": per FFN, "disabled_optimizers": for GraphSpec,
-    "weights": the scheme, "weight_range": its stored integers' bounds, "ops": op counts of the int8
+    "weights": the scheme, "weight_range": its stored integers' bounds, "session_config": what a
+    session must set to compute it exactly (GraphSpec.session_config), "ops": op counts of the int8
     graph}."""
     root = logging.getLogger()
     level = root.level
@@ -119,6 +129,7 @@ def quantize_graph(
         "disabled_optimizers": FUSED_GRAPH_DISABLED_OPTIMIZERS if fused else [],
         "weights": weights,
         "weight_range": list(WEIGHTS[weights].range),
+        "session_config": dict(WEIGHTS[weights].session_config),
         "ops": dict(sorted(Counter(n.op_type for n in graph.node).items())),
     }
 
@@ -170,5 +181,8 @@ def _quantize(source: Path, target: Path, keep_fp32: list[str], scheme: WeightSc
         reduce_range=scheme.reduce_range,
         op_types_to_quantize=QUANTISED_OPS,
         nodes_to_exclude=activation_matmuls(source) + keep_fp32,
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # com.microsoft outputs lack types
+        extra_options={
+            "DefaultTensorType": onnx.TensorProto.FLOAT,  # com.microsoft outputs lack types
+            "WeightSymmetric": scheme.symmetric,
+        },
     )

@@ -52,6 +52,9 @@ class GraphSpec:
     # ONNX Runtime graph optimisers to switch off when this graph is loaded (names as ONNX Runtime
     # spells them): ones that measured slower on it (docs/decisions.md §5). Optional; default none.
     disabled_optimizers: list[str] = field(default_factory=list)
+    # ONNX Runtime session config entries the graph needs (e.g. session.x64quantprecision for exact
+    # int8 on x86 without VNNI: export/quantize.py). Optional; default none.
+    session_config: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,7 @@ class Manifest:
                         inputs=[TensorSpec(**t) for t in g["inputs"]],
                         outputs=[TensorSpec(**t) for t in g["outputs"]],
                         disabled_optimizers=[str(o) for o in g.get("disabled_optimizers", [])],
+                        session_config={str(k): str(v) for k, v in g.get("session_config", {}).items()},
                     )
                     for k, g in data["graphs"].items()
                 },

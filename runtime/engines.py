@@ -69,6 +69,8 @@ class OnnxRuntimeEngine:
             options.intra_op_num_threads = cpu_threads
         if not cpu_spin:  # idle workers sleep instead of spinning on the cores the event loop needs
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        for entry, value in spec.session_config.items():  # what the graph needs (an exact int8 kernel)
+            options.add_session_config_entry(entry, value)
         path = str(bundle.graph_path(key))
         disabled = list(spec.disabled_optimizers)  # what the bundle measured slower for this graph
         self.session = None

@@ -1,7 +1,7 @@
-"""int8 graphs compute exact integer products on every CPU: their weights lie in the range where no
-kernel saturates (export/quantize.py), so ONNX Runtime's output on this CPU equals the same
-quantised computation done exactly in float64. On an x86 CPU without VNNI, full-range weights show
-what the range prevents: the same check fails by a wide margin."""
+"""int8 graphs compute exact integer products on every CPU: run with the session config their scheme
+records (export/quantize.py), ONNX Runtime's output on this CPU equals the same quantised
+computation done exactly in float64. On an x86 CPU without VNNI, the same graph without that config
+shows what it prevents: the u8s8 kernel's int16 pair-sums clip, and the check fails widely."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.quantize import WEIGHT_RANGE, quantize_graph
+from export.quantize import DEFAULT_WEIGHTS, WEIGHTS, quantize_graph
 from runtime.cpu import cpu_isa
 
 K, N = 64, 16  # inner and output width of the one-MatMul graph
@@ -29,10 +29,13 @@ def one_matmul(weight: np.ndarray, path: Path) -> Path:
     return path
 
 
-def run(path: Path, x: np.ndarray) -> np.ndarray:
-    """As the server runs it: every graph optimisation on (ONNX Runtime fuses the int8 nodes)."""
+def run(path: Path, x: np.ndarray, config: dict[str, str] | None = None) -> np.ndarray:
+    """As the server runs it: every graph optimisation on (ONNX Runtime fuses the int8 nodes), the
+    scheme's session config (None: the shipped scheme's)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    for key, value in (WEIGHTS[DEFAULT_WEIGHTS].session_config if config is None else config).items():
+        options.add_session_config_entry(key, value)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
@@ -42,10 +45,14 @@ def exact(path: Path, x: np.ndarray) -> np.ndarray:
     weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
     q_w = next(w for w in weights.values() if w.dtype == np.int8 and w.ndim == 2).astype(np.int64)  # (K, N)
     scale_w = next(w for w in weights.values() if w.dtype == np.float32 and w.shape == (N,))  # (N,)
+    zero_w = next(
+        (w for w in weights.values() if w.dtype == np.int8 and w.shape == (N,)), np.zeros(N, np.int8)
+    )
     lo, hi = min(0.0, float(x.min())), max(0.0, float(x.max()))
     scale_x = np.float32((hi - lo) / 255)
     zero_x = int(np.clip(np.round(-lo / scale_x), 0, 255))
     q_x = np.clip(np.round(x / scale_x) + zero_x, 0, 255).astype(np.int64)  # (B, K)
+    q_w = q_w - zero_w.astype(np.int64)  # (K, N), each channel about its own zero point
     return ((q_x - zero_x) @ q_w).astype(np.float64) * float(scale_x) * scale_w.astype(np.float64)  # (B, N)
 
 
@@ -54,25 +61,24 @@ def worst_case(tmp_path: Path) -> tuple[Path, np.ndarray]:
     """Weights whose every column is positive and activations near their largest: each pair of
     uint8 x int8 products is as large as the weight range allows."""
     rng = np.random.default_rng(0)
-    weight = rng.uniform(0.5, 1.0, (K, N)).astype(np.float32)  # (K, N)
+    weight = rng.uniform(0.9, 1.0, (K, N)).astype(np.float32)  # (K, N): every int8 weight near its largest
     x = rng.uniform(0.9, 1.0, (4, K)).astype(np.float32)  # (B, K)
     x[:, 0] = 0.0  # the range starts at 0: zero point 0, every other activation quantises near 255
     return one_matmul(weight, tmp_path / "fp32.onnx"), x
 
 
-def test_int8_weights_stay_in_the_range_no_kernel_saturates(worst_case: tuple[Path, np.ndarray]) -> None:
-    source, _ = worst_case
-    target = source.with_name("int8.onnx")
+def test_int8_weights_use_the_whole_range_and_record_what_computes_them_exactly(tmp_path: Path) -> None:
+    weight = np.random.default_rng(1).normal(size=(K, N)).astype(np.float32)  # (K, N): both signs
+    source, target = one_matmul(weight, tmp_path / "fp32.onnx"), tmp_path / "int8.onnx"
     notes = quantize_graph(source, target)
-    assert notes["weight_range"] == list(WEIGHT_RANGE)
+    assert notes["weight_range"] == [-128, 127]
+    assert notes["session_config"] == {"session.x64quantprecision": "1"}
     q_w = next(
         numpy_helper.to_array(i)
         for i in onnx.load(str(target)).graph.initializer
         if i.data_type == TensorProto.INT8 and len(i.dims) == 2  # (K, N); the zero points are (N,)
     )
-    assert WEIGHT_RANGE[0] <= q_w.min() and q_w.max() <= WEIGHT_RANGE[1]
-    assert q_w.max() == WEIGHT_RANGE[1]  # per channel, each column's largest weight takes the top
-    assert 2 * 255 * max(abs(b) for b in WEIGHT_RANGE) <= np.iinfo(np.int16).max  # VPMADDUBSW's pair-sum
+    assert (q_w.min(axis=0) == -128).all() and (q_w.max(axis=0) == 127).all()  # each channel, every level
 
 
 def test_int8_matmul_equals_exact_integer_arithmetic_on_this_cpu(worst_case: tuple[Path, np.ndarray]) -> None:
@@ -87,10 +93,12 @@ def test_int8_matmul_equals_exact_integer_arithmetic_on_this_cpu(worst_case: tup
     cpu_isa().arch != "x86_64" or cpu_isa().vnni,
     reason=f"needs an x86 CPU without VNNI, where uint8 x int8 pair-sums saturate (this one: {cpu_isa()})",
 )
-def test_full_range_int8_weights_saturate_on_x86_without_vnni(worst_case: tuple[Path, np.ndarray]) -> None:
-    """What the 7-bit range prevents, shown by the check above failing on full-range weights."""
+def test_without_its_session_config_the_int8_graph_saturates_on_x86_without_vnni(
+    worst_case: tuple[Path, np.ndarray],
+) -> None:
+    """What the recorded session config prevents, shown by the check above failing without it."""
     source, x = worst_case
     target = source.with_name("full.onnx")
-    assert quantize_graph(source, target, weights="s8-8bit")["weight_range"] == [-127, 127]
-    got, want = run(target, x), exact(target, x)
-    assert np.abs(got - want).max() > 0.1 * np.abs(want).max()  # pair-sums of ~64,770 clipped to 32,767
+    quantize_graph(source, target)
+    got, want = run(target, x, config={}), exact(target, x)  # without the session config it records
+    assert np.abs(got - want).max() > 0.1 * np.abs(want).max()  # pair-sums near 65,280 clipped to 32,767

@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from runtime.bundle import load_bundle
 from runtime.cpu import cpu_isa
+from runtime.engines import OnnxRuntimeEngine
 from tests.bundles import rewritten
 from tests.conftest import REPO_ROOT
 from tests.runtime.conftest import Server
@@ -65,6 +67,17 @@ def test_int8_serves_after_its_check_and_info_reports_it(bundle: Path) -> None:
         assert any("text int8 graph text_encoder.int8.onnx: min cosine" in line for line in s.lines)
     finally:
         assert s.stop() == 0
+
+
+def test_each_session_sets_what_its_graph_needs_to_compute_exactly(bundle: Path) -> None:
+    """The int8 graphs record `session.x64quantprecision` (export/quantize.py); without it, an x86
+    CPU without VNNI clips their products. The fp32 graphs ask for nothing."""
+    loaded = load_bundle(bundle)
+    for key in ("image_int8", "text_int8"):
+        assert loaded.manifest.graphs[key].session_config == {"session.x64quantprecision": "1"}
+        options = OnnxRuntimeEngine(loaded, key, use_gpu=False, cpu_threads=1).session.get_session_options()
+        assert options.get_session_config_entry("session.x64quantprecision") == "1"
+    assert loaded.manifest.graphs["text"].session_config == {}
 
 
 def test_a_failed_int8_check_refuses_the_start_in_one_line(drifted: Path) -> None:
