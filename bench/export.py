@@ -37,7 +37,7 @@ from export.parity import SENTENCES, compare, text_inputs
 from export.pipeline import Exporter, ExportOptions
 from export.quantize import AttentionShape, quantize_graph
 from runtime.bundle import Bundle, load_bundle
-from runtime.engines import OnnxRuntimeEngine
+from runtime.engines import OnnxRuntimeEngine, session_options
 from train.checkpoint import make_payload, save_checkpoint
 from train.config import TrainConfig, load_train_config
 from train.data.shapes import render, scene
@@ -62,12 +62,11 @@ class Session:
     def __init__(self, path: Path, disabled: list[str], config: dict[str, str]) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        for key, value in {"session.intra_op.allow_spinning": "0", **config}.items():
-            options.add_session_config_entry(key, value)
         self.session = ort.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
+            str(path),
+            session_options(config=config),
+            providers=["CPUExecutionProvider"],
+            disabled_optimizers=disabled,
         )
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

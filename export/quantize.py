@@ -23,10 +23,10 @@ sentences locate the FFN outlier channels).
   and is clipped to 32,767. With the option set, ONNX Runtime converts such weights to uint8 at
   load on those CPUs only and runs a u8u8 kernel that widens before it adds; VNNI, AMX and ARM's
   dot products (int32 accumulators) run the int8 weights as they are. Either way every CPU
-  computes the exact integer products. The alternatives measured (docs/decisions.md §5): 7-bit
-  weights (ONNX Runtime's reduce_range) avoid the clipping without the option, at full speed, but
-  lose a bit of every weight, which took 1 % of Flickr8k captions below cosine 0.99; uint8
-  weights are as exact and as accurate but lose VNNI's u8s8 kernel everywhere. `runtime/selfcheck.py`
+  computes the exact integer products. The alternatives (measured in docs/decisions.md §5): 7-bit
+  weights (ONNX Runtime's reduce_range) avoid the clipping without the option, but lose a bit of
+  every weight and with it accuracy on real captions; uint8 weights are as exact and as accurate
+  but lose VNNI's u8s8 kernel everywhere. `runtime/selfcheck.py`
   re-checks the graph on the machine that serves it.
 - Only weight MatMul/Gemm (and the fused Attention) are quantised: they carry the transformer and
   projection FLOPs, and ONNX Runtime's integer kernels for them are fast on x86 and ARM.
@@ -68,8 +68,8 @@ class WeightScheme:
     session_config: dict[str, str] = field(default_factory=dict)
 
 
-WEIGHTS = {
-    "s8-8bit-asym": WeightScheme(QuantType.QInt8, False, (-128, 127), False, EXACT_ON_X86),  # the export's
+WEIGHTS = {  # the schemes bench/export.py compares; the export ships DEFAULT_WEIGHTS
+    "s8-8bit-asym": WeightScheme(QuantType.QInt8, False, (-128, 127), False, EXACT_ON_X86),
     "s8-8bit": WeightScheme(QuantType.QInt8, False, (-127, 127), True, EXACT_ON_X86),
     "s8-7bit": WeightScheme(QuantType.QInt8, True, (-64, 64)),  # exact anywhere without options
     "u8-8bit": WeightScheme(QuantType.QUInt8, False, (0, 255), False),  # exact, through a u8u8 kernel

@@ -54,6 +54,24 @@ def import_onnxruntime() -> Any:
     return ort
 
 
+def session_options(
+    cpu_threads: int = 0, cpu_spin: bool = False, config: dict[str, str] | None = None
+) -> Any:
+    """ONNX Runtime session options as the server uses them: every graph optimisation, idle workers
+    asleep unless `cpu_spin` (they would spin on the cores the event loop needs), and the entries
+    a graph asks for (GraphSpec.session_config: an exact int8 kernel)."""
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if cpu_threads > 0:
+        options.intra_op_num_threads = cpu_threads
+    if not cpu_spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for entry, value in (config or {}).items():
+        options.add_session_config_entry(entry, value)
+    return options
+
+
 class OnnxRuntimeEngine:
     def __init__(
         self, bundle: Bundle, key: str, use_gpu: bool, cpu_threads: int, cpu_spin: bool = False
@@ -63,14 +81,7 @@ class OnnxRuntimeEngine:
         self.graph, self.precision = spec.file, spec.precision
         self.input_names = [t.name for t in spec.inputs]
         self.output_names = [t.name for t in spec.outputs]
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if cpu_threads > 0:
-            options.intra_op_num_threads = cpu_threads
-        if not cpu_spin:  # idle workers sleep instead of spinning on the cores the event loop needs
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        for entry, value in spec.session_config.items():  # what the graph needs (an exact int8 kernel)
-            options.add_session_config_entry(entry, value)
+        options = session_options(cpu_threads, cpu_spin, spec.session_config)
         path = str(bundle.graph_path(key))
         disabled = list(spec.disabled_optimizers)  # what the bundle measured slower for this graph
         self.session = None
