@@ -108,7 +108,7 @@ def test_tls_refuses_plaintext_and_serves_tls_on_both_transports(
             assert secure.embed_texts(["over TLS"]).shape == (1, 16)
         with TesseraClient(s.target, 5) as plain:
             assert refused(lambda: plain.info()).code() == grpc.StatusCode.UNAVAILABLE
-        with httpx.Client(base_url=s.http, verify=str(pki.ca), timeout=30) as http:
+        with httpx.Client(base_url=s.http, verify=tls_context(pki.ca), timeout=30) as http:
             assert http.post("/v1/embed", json={"items": [{"text": "over TLS"}]}).status_code == 200
         with pytest.raises(httpx.HTTPError):
             httpx.get(s.http.replace("https", "http") + "/readyz", timeout=5)
