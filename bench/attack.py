@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"- Command: `python -m bench.attack {' '.join(sys.argv[1:])}`",
         f"- Machine: {machine()}; the server at default flags (in-flight budget {BUDGET_MB} MB); load "
-        f"generator and attackers in one process beside it; {args.seconds:.0f} s per phase",
+        f"generator in one process, attackers in another, beside it; {args.seconds:.0f} s per phase",
         "",
         "Attacks on the tiny bundle, beside 200 clients of small requests:",
         "",
