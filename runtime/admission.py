@@ -22,8 +22,9 @@ Three layers, from the outside in:
 Everything here runs on the event loop thread: no locks.
 
     cost = request_cost(request_bytes, images=[(w, h), ...], size_px=224)
-    with budget.reserve(cost, "request"):
-        ...
+    reservation = await budget.take(cost, "a request", wait_s=1.0)
+    ...
+    reservation.release()
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ MB = 1 << 20
 # parsed message (its bytes fields copied out); and three times for a moment in between.
 RECEIVE_COPIES, HELD_COPIES = 3, 2
 PILLOW_BYTES_PER_PIXEL = 4  # RGB is stored as RGBX
+GROWERS_SHARE = 0.25  # of a budget, the most that read requests waiting to grow may hold
 
 
 def image_size(data: bytes) -> tuple[int, int]:
@@ -74,6 +76,7 @@ class Budget:
 
     def __init__(self, capacity_bytes: int, name: str = "the server's in-flight budget") -> None:
         self.capacity, self.used, self.name = capacity_bytes, 0, name
+        self.waiting_to_grow = 0  # bytes held by reservations waiting in `Reservation.grow_to`
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()  # woken as bytes free
 
     def _refuse(self, nbytes: int, what: str) -> Exception:
@@ -131,32 +134,33 @@ class Budget:
 
 
 class Reservation:
-    """Part of a Budget, held until released; resized once a request's real cost is known."""
+    """Part of a Budget, held until released; grown or shrunk to a request's real cost once known."""
 
     def __init__(self, budget: Budget, nbytes: int) -> None:
         self.budget, self.nbytes = budget, nbytes
 
-    def resize(self, nbytes: int, what: str) -> None:
-        """Grows (if the room is there now: else Overloaded) or shrinks to `nbytes`."""
-        more = nbytes - self.nbytes
-        if more > 0:
-            if self.budget.used + more > self.budget.capacity:
-                raise self.budget._refuse(nbytes, what)
-            self.budget.used += more
-        elif more < 0:
-            self.budget._give(-more)
-        self.nbytes = nbytes
-
-    async def grow_to(self, nbytes: int, what: str) -> None:
-        """Resizes to `nbytes`, waiting as long as it takes for room to grow into (a stream's window,
-        where earlier requests' answers free it)."""
+    async def grow_to(self, nbytes: int, what: str, wait_s: float | None) -> None:
+        """Resizes to `nbytes`, waiting up to `wait_s` (None: as long as it takes, as a stream's
+        window does, where earlier requests' answers free it) for room to grow into; then
+        Overloaded. A request already read waits rather than being refused at once (its bytes are
+        in memory either way, and refusing it would waste the read), but it holds its reservation
+        while it waits: once waiting requests hold GROWERS_SHARE of the budget, the rest are refused
+        at once, so that waiting for room never takes all the room there is to read new requests."""
         if nbytes > self.budget.capacity:
             raise self.budget._refuse(nbytes, what)
         if nbytes > self.nbytes:
-            more = await self.budget.take(nbytes - self.nbytes, what, None)
-            self.nbytes, more.nbytes = nbytes, 0
-        else:
-            self.resize(nbytes, what)
+            budget = self.budget
+            if budget.waiting_to_grow + self.nbytes > budget.capacity * GROWERS_SHARE:
+                wait_s = 0.0  # enough read requests hold their bytes while they wait already
+            budget.waiting_to_grow += self.nbytes
+            try:
+                more = await budget.take(nbytes - self.nbytes, what, wait_s)
+            finally:
+                budget.waiting_to_grow -= self.nbytes
+            more.nbytes = 0
+        elif nbytes < self.nbytes:
+            self.budget._give(self.nbytes - nbytes)
+        self.nbytes = nbytes
 
     def release(self) -> None:
         if self.nbytes:

@@ -48,7 +48,7 @@ class Servicer(pb_grpc.TesseraServicer):
     @rpc
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         items = [content_of(i, item) for i, item in enumerate(request.items)]
-        with self.service.admit(len(items), request.ByteSize(), items):
+        async with self.service.admit(len(items), request.ByteSize(), items):
             out = await self.service.embed(items, request.top_codes, deadline_of(context))
         return self._embedded(out, request.request_id)
 
@@ -80,7 +80,8 @@ class Servicer(pb_grpc.TesseraServicer):
                         request = decoded(await requests.__anext__())
                         request_id = request.request_id
                         items = [content_of(i, item) for i, item in enumerate(request.items)]
-                        await room.grow_to(service.check(len(items), request.ByteSize(), items), "a request")
+                        cost = service.check(len(items), request.ByteSize(), items)
+                        await room.grow_to(cost, "a request", None)
                     except BaseException:  # StopAsyncIteration included: the room is not needed
                         room.release()
                         raise
@@ -93,6 +94,7 @@ class Servicer(pb_grpc.TesseraServicer):
                 await answers.put((request_id, None, failed))
 
         reader: asyncio.Future[None] | None = None
+        failure = ""
         request_id = ""  # of the answer being awaited, for the error's message
         try:
             with (
@@ -110,16 +112,15 @@ class Servicer(pb_grpc.TesseraServicer):
         except TesseraError as e:
             code = status_of(e)
             which = f"request {shown(request_id)}: " if request_id else ""
-            await context.abort(code, status_message(f"{which}{e}"))
+            failure = status_message(f"{which}{e}")
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
         except grpc.aio.AbortError:
             raise
         except Exception:
-            code = grpc.StatusCode.INTERNAL
+            code, failure = grpc.StatusCode.INTERNAL, "internal error in EmbedStream"
             log.exception("EmbedStream failed")
-            await context.abort(code, "internal error in EmbedStream")
         finally:
             if reader is not None:
                 reader.cancel()
@@ -130,12 +131,15 @@ class Servicer(pb_grpc.TesseraServicer):
                     if pending[1] is not None:
                         pending[1].release()
             self.metrics.rpc_done("EmbedStream", code.name, time.perf_counter() - t0)
+        if code != grpc.StatusCode.OK:
+            entry = task = None  # the failed request is not kept alive by the abort's traceback (`rpc`)
+            await context.abort(code, failure)
 
     @rpc
     async def Lookup(self, request: pb.LookupRequest, context: grpc.aio.ServicerContext) -> pb.LookupResponse:
         items = [query_of(i, item) for i, item in enumerate(request.items)]
         code_ids = list(request.code_ids)
-        with self.service.admit(len(items) + len(code_ids), request.ByteSize(), items):
+        async with self.service.admit(len(items) + len(code_ids), request.ByteSize(), items):
             out = await self.service.lookup(items, request.top_k, code_ids, deadline_of(context))
         response = pb.LookupResponse(fingerprint=self.fingerprint, timings=timings(out.timings))
         response.results.extend(pb.CodeList(codes=codes(c)) for c in out.codes)
@@ -159,13 +163,13 @@ class Servicer(pb_grpc.TesseraServicer):
             for i, r in enumerate(request.records)
         ]
         contents = [r.content for r in records if r.content is not None]
-        with self.service.admit(len(records), request.ByteSize(), contents):
+        async with self.service.admit(len(records), request.ByteSize(), contents):
             spent = await self.service.upsert(request.collection, records, deadline_of(context))
         return pb.UpsertResponse(fingerprint=self.fingerprint, upserted=len(records), timings=timings(spent))
 
     @rpc
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
-        with self.service.admit(len(request.ids), request.ByteSize()):
+        async with self.service.admit(len(request.ids), request.ByteSize()):
             deleted, spent = await self.service.delete(request.collection, list(request.ids))
         return pb.DeleteResponse(deleted=deleted, fingerprint=self.fingerprint, timings=timings(spent))
 
@@ -173,7 +177,7 @@ class Servicer(pb_grpc.TesseraServicer):
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         query = query_of(0, request.query, "query") if request.HasField("query") else None
         queries = [query] if query is not None else []
-        with self.service.admit(len(queries), request.ByteSize(), queries):
+        async with self.service.admit(len(queries), request.ByteSize(), queries):
             found = await self.service.search(
                 request.collection, query, request.top_k, request.nprobe, deadline_of(context)
             )
@@ -186,14 +190,14 @@ class Servicer(pb_grpc.TesseraServicer):
     async def CreateCollection(
         self, request: pb.CreateCollectionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CollectionInfo:
-        with self.service.admit(1, request.ByteSize()):
+        async with self.service.admit(1, request.ByteSize()):
             return collection_info(await self.service.create_collection(request.name, request.backend))
 
     @rpc
     async def ListCollections(
         self, request: pb.ListCollectionsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListCollectionsResponse:
-        with self.service.admit(1, request.ByteSize()):
+        async with self.service.admit(1, request.ByteSize()):
             found = await self.service.list_collections()
         return pb.ListCollectionsResponse(collections=[collection_info(c) for c in found])
 
@@ -201,7 +205,7 @@ class Servicer(pb_grpc.TesseraServicer):
     async def DropCollection(
         self, request: pb.DropCollectionRequest, context: grpc.aio.ServicerContext
     ) -> pb.DropCollectionResponse:
-        with self.service.admit(1, request.ByteSize()):
+        async with self.service.admit(1, request.ByteSize()):
             await self.service.drop_collection(request.name)
         return pb.DropCollectionResponse()
 

@@ -348,7 +348,7 @@ def build_app(service: Service, metrics: Metrics, keys: KeyFile | None = None) -
             if body.dimensions is not None and body.dimensions != info_dim:
                 raise InvalidInput(f"dimensions {body.dimensions}: this model's embeddings have {info_dim}")
             items = [input_of(i, t) for i, t in enumerate(texts)]
-            with service.admit(len(items), size(request), items):
+            async with service.admit(len(items), size(request), items):
                 out = await service.embed(items, 0, deadline_of(request))
             data = [{"object": "embedding", "index": i, "embedding": vector_json(v, body.encoding_format)}
                     for i, v in enumerate(out.vectors)]  # fmt: skip
@@ -362,7 +362,7 @@ def build_app(service: Service, metrics: Metrics, keys: KeyFile | None = None) -
             if any(isinstance(it, Vector) for it in items):
                 index = next(i for i, it in enumerate(items) if isinstance(it, Vector))
                 raise InvalidInput(f"item {index}: a vector cannot be embedded (send text, image or pixels)")
-            with service.admit(len(items), size(request), items):
+            async with service.admit(len(items), size(request), items):
                 out = await service.embed(items, body.top_codes, deadline_of(request))  # type: ignore[arg-type]
             embeddings = [{"vector": vector_json(v, body.encoding_format), "codes": codes_json(c)}
                           for v, c in zip(out.vectors, out.codes, strict=True)]  # fmt: skip
@@ -374,7 +374,7 @@ def build_app(service: Service, metrics: Metrics, keys: KeyFile | None = None) -
     async def lookup(body: LookupRequest, request: Request) -> Response:
         with counted("Lookup"):
             items = [content_of(i, it) for i, it in enumerate(body.items)]
-            with service.admit(len(items) + len(body.code_ids), size(request), items):
+            async with service.admit(len(items) + len(body.code_ids), size(request), items):
                 out = await service.lookup(items, body.top_k, body.code_ids, deadline_of(request))
             vectors = [vector_json(v, body.encoding_format) for v in out.code_vectors]
             return Orjson({"results": [codes_json(c) for c in out.codes], "code_vectors": vectors,
@@ -396,14 +396,16 @@ def build_app(service: Service, metrics: Metrics, keys: KeyFile | None = None) -
 
     @app.post("/v1/collections", status_code=201)
     async def create_collection(body: CreateCollection, request: Request) -> Response:
-        with counted("CreateCollection"), service.admit(1, size(request)):
-            return Orjson(vars(await service.create_collection(body.name, body.backend)), status_code=201)
+        with counted("CreateCollection"):
+            async with service.admit(1, size(request)):
+                return Orjson(vars(await service.create_collection(body.name, body.backend)), status_code=201)
 
     @app.delete("/v1/collections/{name}")
     async def drop_collection(name: str, request: Request) -> Response:
-        with counted("DropCollection"), service.admit(1, size(request)):
-            await service.drop_collection(name)
-            return Orjson({"dropped": name})
+        with counted("DropCollection"):
+            async with service.admit(1, size(request)):
+                await service.drop_collection(name)
+                return Orjson({"dropped": name})
 
     @app.post("/v1/collections/{name}/records")
     async def upsert(name: str, body: UpsertRequest, request: Request) -> Response:
@@ -414,22 +416,23 @@ def build_app(service: Service, metrics: Metrics, keys: KeyFile | None = None) -
                 for i, r in enumerate(body.records)
             ]  # fmt: skip
             contents = [r.content for r in records if r.content is not None]
-            with service.admit(len(records), size(request), contents):
+            async with service.admit(len(records), size(request), contents):
                 await service.upsert(name, records, deadline_of(request))
             return Orjson({"upserted": len(records), "fingerprint": service.embedder.fingerprint})
 
     @app.post("/v1/collections/{name}/delete")
     async def delete(name: str, body: DeleteRequest, request: Request) -> Response:
-        with counted("Delete"), service.admit(len(body.ids), size(request)):
-            deleted, _ = await service.delete(name, body.ids)
-            return Orjson({"deleted": deleted})
+        with counted("Delete"):
+            async with service.admit(len(body.ids), size(request)):
+                deleted, _ = await service.delete(name, body.ids)
+                return Orjson({"deleted": deleted})
 
     @app.post("/v1/collections/{name}/search")
     async def search(name: str, body: SearchRequest, request: Request) -> Response:
         with counted("Search"):
             query = content_of(0, body.query, "query") if body.query is not None else None
             queries = [query] if query is not None else []
-            with service.admit(len(queries), size(request), queries):
+            async with service.admit(len(queries), size(request), queries):
                 found = await service.search(name, query, body.top_k, body.nprobe, deadline_of(request))
             hits = [{"id": h.id, "score": h.score, "payload": orjson.Fragment(h.payload)} for h in found.hits]
             return Orjson({"hits": hits, "scored": found.scored, "fingerprint": service.embedder.fingerprint})

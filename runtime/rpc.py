@@ -134,13 +134,17 @@ async def one_message(requests: AsyncIterator[Any]) -> Any:
 def rpc(method: Callable[..., Awaitable[Msg]]) -> Callable[..., Awaitable[Msg]]:
     """Counts and times a unary RPC, and turns a raised error into its status code. Its message is
     read only once the most a request may be has been reserved in the service's in-flight budget
-    (waiting up to --admission-wait-ms); the method's admission then resizes that reservation to
-    the request's real cost (`received`), and it is returned with the answer."""
+    (waiting up to --admission-wait-ms); the method's admission then grows or shrinks that
+    reservation to the request's real cost (`received`), and it is returned with the answer.
+
+    A failed call is aborted after its error is let go: gRPC keeps the abort's traceback in a
+    reference cycle, freed only by the cyclic collector, and an error raised inside the method
+    would keep the message (megabytes) alive with it."""
 
     @functools.wraps(method)
     async def handler(self: Any, requests: Any, context: grpc.aio.ServicerContext) -> Msg:
         t0, name = time.perf_counter(), method.__name__
-        code = grpc.StatusCode.OK
+        code, failure = grpc.StatusCode.OK, ""
         reservation, token = None, None
         try:
             if hasattr(requests, "__aiter__"):  # served as a stream: reserve, then read
@@ -151,24 +155,24 @@ def rpc(method: Callable[..., Awaitable[Msg]]) -> Callable[..., Awaitable[Msg]]:
                 requests = await one_message(requests)
             return await method(self, decoded(requests), context)
         except TesseraError as e:
-            code = status_of(e)
-            await context.abort(code, status_message(str(e)))
+            code, failure = status_of(e), status_message(str(e))
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
         except Exception as e:
-            if isinstance(e, grpc.aio.AbortError):
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            code = grpc.StatusCode.INTERNAL
+            code, failure = grpc.StatusCode.INTERNAL, f"internal error in {name}: {type(e).__name__}"
             log.exception("%s failed", name)
-            await context.abort(code, f"internal error in {name}: {type(e).__name__}")
         finally:
             if reservation is not None:
                 reservation.release()
             if token is not None:
                 received.reset(token)
             self.metrics.rpc_done(name, code.name, time.perf_counter() - t0)
+        requests = None  # not kept alive by the abort's traceback
+        await context.abort(code, failure)
         raise AssertionError("unreachable: abort raises")
 
     return handler

@@ -7,7 +7,7 @@ thin adapters over it, so both answer the same way, admit the same way and count
     out.vectors  # (N, d) float32, L2-normalised;  out.codes  # per item [(code id, cosine), ...]
 
 Admission (runtime/admission.py): a transport reserves room for a request before it reads it and
-marks that reservation current (`received`); `admit` then checks the request's limits and resizes
+marks that reservation current (`received`); `admit` then checks the request's limits and grows
 the reservation to its real cost, or, where no reservation is current, takes the cost now.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,17 +154,23 @@ class Service:
         images = [image_size_of(it) for it in items if isinstance(it, (EncodedImage, Pixels))]
         return request_cost(request_bytes, images, self.embedder.decoder.size_px)
 
-    def admit(
-        self, n_items: int, request_bytes: int, items: Sequence[Any] = ()
-    ) -> contextlib.AbstractContextManager[None]:
+    @contextlib.asynccontextmanager
+    async def admit(self, n_items: int, request_bytes: int, items: Sequence[Any] = ()) -> AsyncIterator[None]:
         """`check`, then the request's share of the in-flight budget until it is answered: the
-        reservation its transport made to read it, resized to its real cost, or taken now."""
+        reservation its transport made to read it, grown to its real cost, or taken now; waiting
+        up to --admission-wait-ms for room either way."""
         cost, what = self.check(n_items, request_bytes, items), f"a request of {n_items} items"
+        wait_s = self.cfg.admission_wait_ms / 1e3
         reservation = received.get()
-        if reservation is None:
-            return self.budget.reserve(cost, what)
-        reservation.resize(cost, what)
-        return contextlib.nullcontext()
+        if reservation is not None:  # the transport's: it returns it with the answer
+            await reservation.grow_to(cost, what, wait_s)
+            yield
+            return
+        reservation = await self.budget.take(cost, what, wait_s)
+        try:
+            yield
+        finally:
+            reservation.release()
 
     # -- embeddings and the codebook ---------------------------------------------------------------
 

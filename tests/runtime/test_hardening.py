@@ -8,6 +8,7 @@ import io
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -198,6 +199,37 @@ def test_images_are_costed_from_their_headers_before_any_decode(bundle: Path, tm
             )  # not "could not be decoded"
             small = pb.EmbedRequest(items=[pb.Item(image=truncated_png(40, 40))])
             assert "could not be decoded" in code_of(lambda: client.stub.Embed(small, timeout=10)).details()
+    finally:
+        assert s.stop() == 0
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def test_a_refused_request_is_freed_with_its_answer(bundle: Path, tmp_path: Path) -> None:
+    """A request refused once read (here: it could never fit the budget) must not outlive its
+    answer: gRPC keeps an abort's traceback in a reference cycle that only the cyclic collector
+    frees, and a message held by it stays resident, megabytes at a time, under a stream of refusals."""
+    s = Server(bundle, "--max-inflight-mb", "16", "--max-request-bytes", str(4 << 20), data_dir=tmp_path)
+    side = 1100  # 3.6 MB of raw pixels beside a header that decodes to 36 MB: read, then refused
+    pixels = pb.RawImage(width=side, height=side, rgb=bytes(side * side * 3))
+    request = pb.EmbedRequest(items=[pb.Item(pixels=pixels), pb.Item(image=truncated_png(3000, 3000))])
+    try:
+        with s.client() as client:
+
+            def refuse(n: int) -> None:
+                for _ in range(n):
+                    err = code_of(lambda: client.stub.Embed(request, timeout=10))
+                    assert "over the whole of the server's in-flight budget" in err.details()
+
+            refuse(3)  # the allocator's own working set
+            time.sleep(2.5)  # the server's periodic trim
+            before = rss_mb(s.proc.pid)
+            refuse(30)  # 30 x 3.6 MB held twice: over 200 MB if they stayed
+            time.sleep(2.5)
+            assert rss_mb(s.proc.pid) - before < 40
     finally:
         assert s.stop() == 0
 

@@ -1,0 +1,66 @@
+"""The in-flight budget on its own (runtime/admission.py): what waits, what is refused, and that
+every byte taken is given back."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from runtime.admission import MB, Budget
+from runtime.errors import InvalidInput, Overloaded
+
+
+def test_a_read_request_waits_for_room_to_grow_into_rather_than_being_refused() -> None:
+    async def run() -> None:
+        budget = Budget(10 * MB)
+        other = budget.take_now(8 * MB, "another request")
+        mine = await budget.take(1 * MB, "a call", wait_s=1.0)  # what reading it needed
+        asyncio.get_running_loop().call_later(0.05, other.release)  # the other one is answered
+        await mine.grow_to(3 * MB, "its real cost", wait_s=1.0)
+        assert (mine.nbytes, budget.used) == (3 * MB, 3 * MB)
+        await mine.grow_to(2 * MB, "smaller than read", wait_s=1.0)
+        assert budget.used == 2 * MB
+        mine.release()
+        assert budget.used == 0
+
+    asyncio.run(run())
+
+
+def test_growth_that_finds_no_room_in_time_is_overloaded_and_holds_what_it_had() -> None:
+    async def run() -> None:
+        budget = Budget(10 * MB)
+        other = budget.take_now(8 * MB, "another request")
+        mine = await budget.take(1 * MB, "a call", wait_s=0.0)
+        with pytest.raises(Overloaded, match="retry with backoff"):
+            await mine.grow_to(3 * MB, "its real cost", wait_s=0.05)
+        assert (mine.nbytes, budget.used) == (1 * MB, 9 * MB)
+        with pytest.raises(InvalidInput, match="over the whole of"):
+            await mine.grow_to(11 * MB, "its real cost", wait_s=1.0)
+        mine.release()
+        other.release()
+        assert budget.used == 0 and not budget.waiters
+
+    asyncio.run(run())
+
+
+def test_requests_waiting_to_grow_hold_at_most_their_share_and_the_rest_are_refused_at_once() -> None:
+    async def run() -> None:
+        budget = Budget(40 * MB)  # waiting growers may hold 10 MB
+        full = budget.take_now(28 * MB, "others")
+        first, second = budget.take_now(6 * MB, "a call"), budget.take_now(6 * MB, "a call")
+        waiting = asyncio.ensure_future(first.grow_to(20 * MB, "a big decode", wait_s=5.0))
+        await asyncio.sleep(0.01)
+        assert budget.waiting_to_grow == 6 * MB and not waiting.done()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with pytest.raises(Overloaded):
+            await second.grow_to(20 * MB, "a big decode", wait_s=5.0)
+        assert loop.time() - t0 < 1.0  # refused at once, not after its wait
+        second.release()
+        full.release()
+        await waiting  # room freed: the first grows
+        assert (first.nbytes, budget.used, budget.waiting_to_grow) == (20 * MB, 20 * MB, 0)
+        first.release()
+
+    asyncio.run(run())
