@@ -13,7 +13,8 @@ Three layers, from the outside in:
   bytes plus what its images decode to (read from their headers: width x height x 3, before any is
   decoded) and its engine inputs. What does not fit is RESOURCE_EXHAUSTED (retry with backoff),
   what could never fit is INVALID_ARGUMENT. The reservation is returned when the request is
-  answered. So receiving and serving together hold at most the budget.
+  answered. So receiving and serving together hold at most the budget. Calls waiting for room are
+  served fairly between connections, by the bytes their earlier requests held (`Budget`).
 - A stream's window: an EmbedStream holds a fixed share of the budget for its life, as a Budget of
   its own, and reads its next request only while the most a request may be fits in it. A client
   that sends faster than it reads replies stalls itself (HTTP/2 flow control), not the server;
@@ -30,10 +31,12 @@ Everything here runs on the event loop thread: no locks.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import heapq
 import io
+import itertools
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 from PIL import Image
 
@@ -44,6 +47,7 @@ MB = 1 << 20
 # parsed message (its bytes fields copied out); and three times for a moment in between.
 RECEIVE_COPIES, HELD_COPIES = 3, 2
 PILLOW_BYTES_PER_PIXEL = 4  # RGB is stored as RGBX
+MAX_CLIENTS_TRACKED = 4096  # clients' fair-queueing history kept before the idle ones are dropped
 GROWERS_SHARE = 0.25  # of a budget, the most that read requests waiting to grow may hold
 
 
@@ -71,13 +75,32 @@ def request_cost(request_bytes: int, images: Sequence[tuple[int, int]], size_px:
     return HELD_COPIES * request_bytes + decoded + inputs
 
 
+@dataclass(order=True)
+class _Waiter:
+    tag: float  # the client's start tag: who is served first
+    seq: int  # then who came first
+    nbytes: int = field(compare=False)
+    client: str = field(compare=False)
+    granted: asyncio.Future[None] = field(compare=False)
+
+
 class Budget:
-    """Bytes in flight, refused beyond `capacity_bytes`."""
+    """Bytes in flight, refused beyond `capacity_bytes`, served fairly between clients.
+
+    Waiting calls are served in start-time fair queueing order (Goyal et al., 1996), with bytes as
+    the cost: each client (a connection) is charged what its requests turned out to hold once read
+    (`charge`), so a client of small requests is served ahead of one that fills the budget with
+    large ones, however many connections the latter opens; each is served in turn, none starves.
+    A call's cost is not known before its message is read (gRPC gives no length first), so a client
+    is charged after, and its next calls wait behind what its last ones cost."""
 
     def __init__(self, capacity_bytes: int, name: str = "the server's in-flight budget") -> None:
         self.capacity, self.used, self.name = capacity_bytes, 0, name
         self.waiting_to_grow = 0  # bytes held by reservations waiting in `Reservation.grow_to`
-        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()  # woken as bytes free
+        self.waiters: list[_Waiter] = []  # a heap: the next to serve first
+        self.finish: dict[str, float] = {}  # per client: the virtual time its charges reach
+        self.clock = 0.0  # virtual time: the start tag of the call served last
+        self.arrivals = itertools.count()
 
     def _refuse(self, nbytes: int, what: str) -> Exception:
         if nbytes > self.capacity:
@@ -106,38 +129,61 @@ class Budget:
         self.used += nbytes
         return Reservation(self, nbytes)
 
-    async def take(self, nbytes: int, what: str, wait_s: float | None) -> Reservation:
-        """`nbytes`, waiting up to `wait_s` for room (None: as long as it takes); then Overloaded."""
+    async def take(self, nbytes: int, what: str, wait_s: float | None, client: str = "") -> Reservation:
+        """`nbytes`, waiting up to `wait_s` for room (None: as long as it takes) behind the clients
+        that are owed it first; then Overloaded. `client` names the caller ("": no history)."""
         if nbytes > self.capacity:
             raise self._refuse(nbytes, what)
+        tag = max(self.clock, self.finish.get(client, 0.0)) if client else self.clock
+        self._drop_given_up()
+        if self.used + nbytes <= self.capacity and (not self.waiters or tag <= self.waiters[0].tag):
+            self._grant(tag, client, nbytes)
+            return Reservation(self, nbytes, client)
         loop = asyncio.get_running_loop()
-        deadline = None if wait_s is None else loop.time() + wait_s
-        while self.used + nbytes > self.capacity:
-            woken: asyncio.Future[None] = loop.create_future()
-            self.waiters.append(woken)
-            try:
-                await asyncio.wait_for(woken, None if deadline is None else max(0.0, deadline - loop.time()))
-            except asyncio.TimeoutError as e:  # not the builtin TimeoutError before Python 3.11
+        waiter = _Waiter(tag, next(self.arrivals), nbytes, client, loop.create_future())
+        heapq.heappush(self.waiters, waiter)
+        try:
+            await asyncio.wait_for(waiter.granted, wait_s)  # `_give` grants it
+        except BaseException as e:
+            if waiter.granted.done() and not waiter.granted.cancelled():
+                self._give(nbytes)  # granted just as the caller gave up
+            if isinstance(e, asyncio.TimeoutError):  # not the builtin TimeoutError before Python 3.11
                 raise self._refuse(nbytes, what) from e
-            finally:
-                if not woken.done():
-                    self.waiters.remove(woken)
+            raise
+        return Reservation(self, nbytes, client)
+
+    def charge(self, client: str, nbytes: int) -> None:
+        """`client`'s request turned out to hold `nbytes`: its next calls wait behind that."""
+        if client:
+            self.finish[client] = max(self.finish.get(client, 0.0), self.clock) + nbytes
+
+    def _grant(self, tag: float, client: str, nbytes: int) -> None:
         self.used += nbytes
-        return Reservation(self, nbytes)
+        self.clock = max(self.clock, tag)
+        if len(self.finish) > MAX_CLIENTS_TRACKED:  # clients owed nothing have no history to keep
+            self.finish = {c: f for c, f in self.finish.items() if f > self.clock}
+
+    def _drop_given_up(self) -> None:
+        while self.waiters and self.waiters[0].granted.done():  # timed out or cancelled
+            heapq.heappop(self.waiters)
 
     def _give(self, nbytes: int) -> None:
+        """Frees `nbytes` and grants waiting calls in order while the next one fits."""
         self.used -= nbytes
-        while self.waiters:  # each rechecks whether it fits now
-            woken = self.waiters.popleft()
-            if not woken.done():
-                woken.set_result(None)
+        while True:
+            self._drop_given_up()
+            if not self.waiters or self.used + self.waiters[0].nbytes > self.capacity:
+                return
+            waiter = heapq.heappop(self.waiters)
+            self._grant(waiter.tag, waiter.client, waiter.nbytes)
+            waiter.granted.set_result(None)
 
 
 class Reservation:
     """Part of a Budget, held until released; grown or shrunk to a request's real cost once known."""
 
-    def __init__(self, budget: Budget, nbytes: int) -> None:
-        self.budget, self.nbytes = budget, nbytes
+    def __init__(self, budget: Budget, nbytes: int, client: str = "") -> None:
+        self.budget, self.nbytes, self.client = budget, nbytes, client
 
     async def grow_to(self, nbytes: int, what: str, wait_s: float | None) -> None:
         """Resizes to `nbytes`, waiting up to `wait_s` (None: as long as it takes, as a stream's
@@ -148,13 +194,14 @@ class Reservation:
         at once, so that waiting for room never takes all the room there is to read new requests."""
         if nbytes > self.budget.capacity:
             raise self.budget._refuse(nbytes, what)
+        self.budget.charge(self.client, nbytes)
         if nbytes > self.nbytes:
             budget = self.budget
             if budget.waiting_to_grow + self.nbytes > budget.capacity * GROWERS_SHARE:
                 wait_s = 0.0  # enough read requests hold their bytes while they wait already
             budget.waiting_to_grow += self.nbytes
             try:
-                more = await budget.take(nbytes - self.nbytes, what, wait_s)
+                more = await budget.take(nbytes - self.nbytes, what, wait_s, self.client)
             finally:
                 budget.waiting_to_grow -= self.nbytes
             more.nbytes = 0

@@ -23,7 +23,7 @@ from runtime.errors import TesseraError, shown
 from runtime.metrics import Metrics
 from runtime.proto.tessera.v1 import tessera_pb2 as pb
 from runtime.proto.tessera.v1 import tessera_pb2_grpc as pb_grpc
-from runtime.rpc import content_of, deadline_of, decoded, log, rpc, status_message, status_of
+from runtime.rpc import content_of, deadline_of, decoded, log, rpc, status_message, status_of, wire_size
 from runtime.service import (
     Codes,
     CollectionSummary,
@@ -48,7 +48,7 @@ class Servicer(pb_grpc.TesseraServicer):
     @rpc
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         items = [content_of(i, item) for i, item in enumerate(request.items)]
-        async with self.service.admit(len(items), request.ByteSize(), items):
+        async with self.service.admit(len(items), wire_size(request), items):
             out = await self.service.embed(items, request.top_codes, deadline_of(context))
         return self._embedded(out, request.request_id)
 
@@ -80,7 +80,7 @@ class Servicer(pb_grpc.TesseraServicer):
                         request = decoded(await requests.__anext__())
                         request_id = request.request_id
                         items = [content_of(i, item) for i, item in enumerate(request.items)]
-                        cost = service.check(len(items), request.ByteSize(), items)
+                        cost = service.check(len(items), wire_size(request), items)
                         await room.grow_to(cost, "a request", None)
                     except BaseException:  # StopAsyncIteration included: the room is not needed
                         room.release()
@@ -139,7 +139,7 @@ class Servicer(pb_grpc.TesseraServicer):
     async def Lookup(self, request: pb.LookupRequest, context: grpc.aio.ServicerContext) -> pb.LookupResponse:
         items = [query_of(i, item) for i, item in enumerate(request.items)]
         code_ids = list(request.code_ids)
-        async with self.service.admit(len(items) + len(code_ids), request.ByteSize(), items):
+        async with self.service.admit(len(items) + len(code_ids), wire_size(request), items):
             out = await self.service.lookup(items, request.top_k, code_ids, deadline_of(context))
         response = pb.LookupResponse(fingerprint=self.fingerprint, timings=timings(out.timings))
         response.results.extend(pb.CodeList(codes=codes(c)) for c in out.codes)
@@ -163,13 +163,13 @@ class Servicer(pb_grpc.TesseraServicer):
             for i, r in enumerate(request.records)
         ]
         contents = [r.content for r in records if r.content is not None]
-        async with self.service.admit(len(records), request.ByteSize(), contents):
+        async with self.service.admit(len(records), wire_size(request), contents):
             spent = await self.service.upsert(request.collection, records, deadline_of(context))
         return pb.UpsertResponse(fingerprint=self.fingerprint, upserted=len(records), timings=timings(spent))
 
     @rpc
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
-        async with self.service.admit(len(request.ids), request.ByteSize()):
+        async with self.service.admit(len(request.ids), wire_size(request)):
             deleted, spent = await self.service.delete(request.collection, list(request.ids))
         return pb.DeleteResponse(deleted=deleted, fingerprint=self.fingerprint, timings=timings(spent))
 
@@ -177,7 +177,7 @@ class Servicer(pb_grpc.TesseraServicer):
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         query = query_of(0, request.query, "query") if request.HasField("query") else None
         queries = [query] if query is not None else []
-        async with self.service.admit(len(queries), request.ByteSize(), queries):
+        async with self.service.admit(len(queries), wire_size(request), queries):
             found = await self.service.search(
                 request.collection, query, request.top_k, request.nprobe, deadline_of(context)
             )
@@ -190,14 +190,14 @@ class Servicer(pb_grpc.TesseraServicer):
     async def CreateCollection(
         self, request: pb.CreateCollectionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CollectionInfo:
-        async with self.service.admit(1, request.ByteSize()):
+        async with self.service.admit(1, wire_size(request)):
             return collection_info(await self.service.create_collection(request.name, request.backend))
 
     @rpc
     async def ListCollections(
         self, request: pb.ListCollectionsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListCollectionsResponse:
-        async with self.service.admit(1, request.ByteSize()):
+        async with self.service.admit(1, wire_size(request)):
             found = await self.service.list_collections()
         return pb.ListCollectionsResponse(collections=[collection_info(c) for c in found])
 
@@ -205,7 +205,7 @@ class Servicer(pb_grpc.TesseraServicer):
     async def DropCollection(
         self, request: pb.DropCollectionRequest, context: grpc.aio.ServicerContext
     ) -> pb.DropCollectionResponse:
-        async with self.service.admit(1, request.ByteSize()):
+        async with self.service.admit(1, wire_size(request)):
             await self.service.drop_collection(request.name)
         return pb.DropCollectionResponse()
 

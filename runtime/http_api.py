@@ -235,7 +235,8 @@ class Admission:
                     f"request of {length:,} bytes is over the {cfg.max_request_bytes:,}-byte limit"
                 )
             most = receive_cost(length if length is not None else cfg.max_request_bytes)
-            reservation = await self.service.budget.take(most, "a call", cfg.admission_wait_ms / 1e3)
+            client = "{}:{}".format(*scope["client"]) if scope.get("client") else ""
+            reservation = await self.service.budget.take(most, "a call", cfg.admission_wait_ms / 1e3, client)
         except TesseraError as e:
             await error_response(e)(scope, receive, send)
             return

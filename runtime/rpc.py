@@ -15,6 +15,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -60,21 +61,43 @@ class Every:
 _undecodable_log = Every(UNDECODABLE_LOG_EVERY_S)
 
 
+@dataclass(frozen=True)
+class Parsed:
+    """A request as it arrives: the message and its size on the wire (which `ByteSize` would
+    compute again by serializing the whole message, a copy of megabytes on the event loop)."""
+
+    message: Any
+    nbytes: int
+
+
+_wire_bytes: ContextVar[int] = ContextVar("wire_bytes", default=-1)
+
+
 def tolerant(message: Any) -> Callable[[bytes], Any]:
-    """A deserializer for `message` that returns Undecodable instead of raising."""
+    """A deserializer for `message` that returns Parsed, or Undecodable instead of raising."""
     name = message.DESCRIPTOR.full_name
 
     def parse(data: bytes) -> Any:
         try:
-            return message.FromString(data)
+            return Parsed(message.FromString(data), len(data))
         except Exception as e:  # protobuf's DecodeError, or whatever its C parser raises
             return Undecodable(name, str(e) or type(e).__name__)
 
     return parse
 
 
+def wire_size(request: Any) -> int:
+    """The size on the wire of the request this call decoded last (`decoded`)."""
+    nbytes = _wire_bytes.get()
+    return nbytes if nbytes >= 0 else request.ByteSize()
+
+
 def decoded(request: Any) -> Any:
-    """The request, or InvalidInput where its bytes did not parse (logged once per interval)."""
+    """The request's message, or InvalidInput where its bytes did not parse (logged once per
+    interval). Its size on the wire is kept for `wire_size`."""
+    if isinstance(request, Parsed):
+        _wire_bytes.set(request.nbytes)
+        return request.message
     if not isinstance(request, Undecodable):
         return request
     held = _undecodable_log.due()
@@ -149,8 +172,8 @@ def rpc(method: Callable[..., Awaitable[Msg]]) -> Callable[..., Awaitable[Msg]]:
         try:
             if hasattr(requests, "__aiter__"):  # served as a stream: reserve, then read
                 cfg, budget = self.service.cfg, self.service.budget
-                most = receive_cost(cfg.max_request_bytes)
-                reservation = await budget.take(most, f"a {name} call", cfg.admission_wait_ms / 1e3)
+                most, wait_s = receive_cost(cfg.max_request_bytes), cfg.admission_wait_ms / 1e3
+                reservation = await budget.take(most, f"a {name} call", wait_s, context.peer())
                 token = received.set(reservation)
                 requests = await one_message(requests)
             return await method(self, decoded(requests), context)

@@ -4,6 +4,7 @@ every byte taken is given back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -62,5 +63,51 @@ def test_requests_waiting_to_grow_hold_at_most_their_share_and_the_rest_are_refu
         await waiting  # room freed: the first grows
         assert (first.nbytes, budget.used, budget.waiting_to_grow) == (20 * MB, 20 * MB, 0)
         first.release()
+
+    asyncio.run(run())
+
+
+def test_a_client_of_small_requests_is_served_before_one_that_filled_the_budget_with_large_ones() -> None:
+    async def run() -> None:
+        budget = Budget(12 * MB)
+        held = []
+        for _ in range(3):  # the big client: three requests that each turned out to hold 4 MB
+            r = await budget.take(4 * MB, "a call", wait_s=1.0, client="big")
+            await r.grow_to(4 * MB, "its real cost", wait_s=1.0)
+            held.append(r)
+        assert budget.used == 12 * MB  # full: the next calls wait
+        order: list[str] = []
+
+        async def call(client: str) -> None:
+            r = await budget.take(4 * MB, "a call", wait_s=5.0, client=client)
+            order.append(client)
+            await r.grow_to(1 * MB if client == "small" else 4 * MB, "its real cost", wait_s=5.0)
+            r.release()
+
+        big_next = asyncio.ensure_future(call("big"))  # waiting first
+        await asyncio.sleep(0)
+        small_next = asyncio.ensure_future(call("small"))  # arrives later, owed more
+        await asyncio.sleep(0)
+        held.pop().release()  # room for one
+        await asyncio.gather(big_next, small_next)
+        assert order == ["small", "big"]
+        for r in held:
+            r.release()
+        assert budget.used == 0
+
+    asyncio.run(run())
+
+
+def test_a_call_that_gives_up_as_it_is_granted_leaves_no_bytes_taken() -> None:
+    async def run() -> None:
+        budget = Budget(4 * MB)
+        other = budget.take_now(4 * MB, "another request")
+        waiting = asyncio.ensure_future(budget.take(2 * MB, "a call", wait_s=5.0, client="c"))
+        await asyncio.sleep(0)
+        other.release()  # grants the waiting call ...
+        waiting.cancel()  # ... which is cancelled before it runs again
+        with contextlib.suppress(asyncio.CancelledError):
+            (await waiting).release()
+        assert budget.used == 0
 
     asyncio.run(run())
