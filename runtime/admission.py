@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import io
 import itertools
 from collections.abc import Iterator, Sequence
@@ -97,7 +96,7 @@ class Budget:
     def __init__(self, capacity_bytes: int, name: str = "the server's in-flight budget") -> None:
         self.capacity, self.used, self.name = capacity_bytes, 0, name
         self.waiting_to_grow = 0  # bytes held by reservations waiting in `Reservation.grow_to`
-        self.waiters: list[_Waiter] = []  # a heap: the next to serve first
+        self.waiters: list[_Waiter] = []  # served in their order (tag, then arrival)
         self.finish: dict[str, float] = {}  # per client: the virtual time its charges reach
         self.clock = 0.0  # virtual time: the start tag of the call served last
         self.arrivals = itertools.count()
@@ -135,13 +134,14 @@ class Budget:
         if nbytes > self.capacity:
             raise self._refuse(nbytes, what)
         tag = max(self.clock, self.finish.get(client, 0.0)) if client else self.clock
-        self._drop_given_up()
-        if self.used + nbytes <= self.capacity and (not self.waiters or tag <= self.waiters[0].tag):
+        free = self.capacity - self.used
+        owed_first = any(w.tag < tag and w.nbytes <= free and not w.granted.done() for w in self.waiters)
+        if nbytes <= free and not owed_first:
             self._grant(tag, client, nbytes)
             return Reservation(self, nbytes, client)
         loop = asyncio.get_running_loop()
         waiter = _Waiter(tag, next(self.arrivals), nbytes, client, loop.create_future())
-        heapq.heappush(self.waiters, waiter)
+        self.waiters.append(waiter)
         try:
             await asyncio.wait_for(waiter.granted, wait_s)  # `_give` grants it
         except BaseException as e:
@@ -163,20 +163,20 @@ class Budget:
         if len(self.finish) > MAX_CLIENTS_TRACKED:  # clients owed nothing have no history to keep
             self.finish = {c: f for c, f in self.finish.items() if f > self.clock}
 
-    def _drop_given_up(self) -> None:
-        while self.waiters and self.waiters[0].granted.done():  # timed out or cancelled
-            heapq.heappop(self.waiters)
-
     def _give(self, nbytes: int) -> None:
-        """Frees `nbytes` and grants waiting calls in order while the next one fits."""
+        """Frees `nbytes` and grants waiting calls in order, each that fits: one waiting for more
+        than there is does not hold up smaller ones behind it (its wait is bounded anyway)."""
         self.used -= nbytes
-        while True:
-            self._drop_given_up()
-            if not self.waiters or self.used + self.waiters[0].nbytes > self.capacity:
-                return
-            waiter = heapq.heappop(self.waiters)
-            self._grant(waiter.tag, waiter.client, waiter.nbytes)
-            waiter.granted.set_result(None)
+        waiting = []
+        for waiter in sorted(self.waiters):
+            if waiter.granted.done():  # timed out or cancelled
+                continue
+            if self.used + waiter.nbytes <= self.capacity:
+                self._grant(waiter.tag, waiter.client, waiter.nbytes)
+                waiter.granted.set_result(None)
+            else:
+                waiting.append(waiter)
+        self.waiters = waiting
 
 
 class Reservation:
