@@ -71,12 +71,13 @@ BATCH = 32
 MAX_WAIT_MS = 5.0
 
 
-def ensure_bundle(name: str, checkpoint: Path) -> Path:
-    """runs/bench/bundle-NAME exported from `checkpoint` (a fresh model of the same towers where the
-    file is absent); reused only while it was exported from that very checkpoint."""
+def ensure_bundle(name: str, checkpoint: Path, int8: bool = False) -> Path:
+    """runs/bench/bundle-NAME (-int8: with int8 graphs too) exported from `checkpoint` (a fresh model
+    of the same towers where the file is absent); reused only while it was exported from that very
+    checkpoint."""
     from export.pipeline import Exporter, ExportOptions
 
-    out = Path("runs/bench") / f"bundle-{name}"
+    out = Path("runs/bench") / f"bundle-{name}{'-int8' if int8 else ''}"
     if (out / "manifest.json").is_file():
         try:
             made_from = load_bundle(out).manifest.provenance.get("checkpoint_sha256")
@@ -90,7 +91,7 @@ def ensure_bundle(name: str, checkpoint: Path) -> Path:
         if not checkpoint.is_file():
             ckpt = Path(tmp) / "model.pt"
             fresh_checkpoint(name, ckpt)
-        Exporter(ExportOptions(ckpt, out, max_batch=BATCH, force=True), lambda _: None).run()
+        Exporter(ExportOptions(ckpt, out, max_batch=BATCH, int8=int8, force=True), lambda _: None).run()
     return out
 
 
