@@ -181,7 +181,7 @@ class Servicer(pb_grpc.TesseraServicer):
             found = await self.service.search(
                 request.collection, query, request.top_k, request.nprobe, deadline_of(context)
             )
-        hits = [pb.Hit(id=h.id, score=h.score, payload_json=h.payload) for h in found.hits]
+        hits = [pb.Hit(id=h.id, score=h.score, payload_json=h.payload, code=h.code) for h in found.hits]
         return pb.SearchResponse(
             fingerprint=self.fingerprint, timings=timings(found.timings), scored=found.scored, hits=hits
         )

@@ -435,7 +435,10 @@ def build_app(service: Service, metrics: Metrics, keys: KeyFile | None = None) -
             queries = [query] if query is not None else []
             async with service.admit(len(queries), size(request), queries):
                 found = await service.search(name, query, body.top_k, body.nprobe, deadline_of(request))
-            hits = [{"id": h.id, "score": h.score, "payload": orjson.Fragment(h.payload)} for h in found.hits]
+            hits = [
+                {"id": h.id, "score": h.score, "code": h.code, "payload": orjson.Fragment(h.payload)}
+                for h in found.hits
+            ]
             return Orjson({"hits": hits, "scored": found.scored, "fingerprint": service.embedder.fingerprint})
 
     @app.get("/healthz")

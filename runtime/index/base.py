@@ -33,6 +33,7 @@ class Hit:
     id: str
     score: float  # inner product of L2-normalised vectors (cosine)
     payload: str  # JSON text
+    code: int = -1  # the record's top code (its list in routed search); -1 where unknown
 
 
 class Collection(Protocol):

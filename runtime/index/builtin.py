@@ -124,9 +124,9 @@ class BuiltinCollection:
             hits = []
             for position, score in zip(best.tolist(), best_scores.tolist(), strict=True):
                 part = int(np.searchsorted(ends, position, side="right"))
-                lst = parts[part][1]
+                code, lst = parts[part]
                 row = position - (int(ends[part - 1]) if part else 0)
-                hits.append(Hit(lst.ids[row], float(score), lst.payloads[row]))
+                hits.append(Hit(lst.ids[row], float(score), lst.payloads[row], code))
             return hits, int(scores.shape[0])
 
     def get(self, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:

@@ -76,11 +76,13 @@ class MilvusCollection:
         with self.lock:
             self._check_open()
             result = self.client.search(
-                self.spec.name, data=[query.tolist()], limit=top_k, output_fields=["payload"],
+                self.spec.name, data=[query.tolist()], limit=top_k, output_fields=["payload", "code"],
                 search_params={"metric_type": "IP"}, **kwargs,
             )  # fmt: skip
         hits = [
-            Hit(str(r["id"]), float(r["distance"]), json.dumps(r["entity"]["payload"])) for r in result[0]
+            Hit(str(r["id"]), float(r["distance"]), json.dumps(e["payload"]), int(e["code"]))
+            for r in result[0]
+            for e in [r["entity"]]
         ]
         return hits, -1  # Milvus does not report how many vectors it scored
 

@@ -144,8 +144,8 @@ def test_collections_over_http_answer_as_over_grpc(server: Server) -> None:
         grpc_hits = client.stub.Search(
             pb.SearchRequest(collection="web", query=pb.Item(text=TEXTS[0]), top_k=3)
         ).hits
-        assert [(h["id"], h["score"]) for h in hits["hits"]] == [
-            (h.id, pytest.approx(h.score)) for h in grpc_hits
+        assert [(h["id"], h["score"], h["code"]) for h in hits["hits"]] == [
+            (h.id, pytest.approx(h.score), h.code) for h in grpc_hits
         ]
         payloads = {h["id"]: h["payload"] for h in hits["hits"]}
         assert (

@@ -1,5 +1,6 @@
-"""Collections: exact search equals a brute-force numpy reference for both backends; routed search
-only looks in the probed lists; the log replays, snapshots, refuses a corrupt tail and repairs it."""
+"""Collections: exact search equals a brute-force numpy reference for both backends, each hit with
+its record's code; routed search only looks in the probed lists; the log replays, snapshots,
+refuses a corrupt tail and repairs it."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ def test_builtin_exact_search_equals_brute_force(tmp_path: Path) -> None:
         assert [h.id for h in hits] == brute_force(vectors, ids, q, 10)
         assert scored == 500
         assert json.loads(hits[0].payload) == {"i": int(hits[0].id[1:])}
+        assert [h.code for h in hits] == [int(codes[int(h.id[1:])]) for h in hits]  # each its own list
 
 
 def test_routed_search_scores_only_the_probed_lists(tmp_path: Path) -> None:
@@ -158,6 +160,7 @@ def test_milvus_exact_search_equals_brute_force(tmp_path: Path) -> None:
     for q in data(3, seed=1)[1]:
         hits, _ = c.search(q, 10, None)
         assert [h.id for h in hits] == brute_force(vectors, ids, q, 10)
+        assert [h.code for h in hits] == [int(codes[int(h.id[1:])]) for h in hits]
     routed, _ = c.search(q, 10, np.array([2]))
     inside = [i for i in range(300) if codes[i] == 2]
     assert [h.id for h in routed] == brute_force(vectors[inside], [ids[i] for i in inside], q, 10)

@@ -62,6 +62,9 @@ def test_search_by_vector_text_and_image(server: ServerProcess, backend: str) ->
         routed = client.search(name, vectors[5], top_k=5, nprobe=8)  # K = 8: every list
         assert [h[0] for h in routed] == [h[0] for h in client.search(name, vectors[5], top_k=5)]
         assert client.search(name, vectors[5], top_k=1, nprobe=1)[0][0] == "v5"  # its own list is probed
+        by_text = pb.SearchRequest(collection=name, query=pb.Item(text="a red circle"), top_k=1)
+        hit = client.stub.Search(by_text)
+        assert hit.hits[0].code == client.lookup([query_item("a red circle")])[0][0][0]  # its top code
         assert client.delete(name, ["v5", "missing"]) == 1
         assert client.search(name, vectors[5], top_k=1)[0][0] != "v5"
         client.drop_collection(name)
