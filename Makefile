@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: demo test test-all test-gpu lint install
+.PHONY: demo test test-all test-gpu lint install browser
 
 $(STAMP): pyproject.toml requirements/pretrained.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,12 +30,20 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# Chromium for the search page's browser test (Debian packages, as root); where it cannot be
+# installed the test skips and says why.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \
+	       && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+	  || echo "chromium and chromedriver could not be installed: the browser test will skip"
+
 # The suite without `slow` and `gpu` cases (pyproject addopts); PYTEST_ARGS adds flags.
-test: lint
+test: lint browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Everything that runs on a CPU, slow cases included.
-test-all: lint
+test-all: lint browser
 	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)
 
 # The `gpu` cases (CUDA, TensorRT): on a machine that has them.

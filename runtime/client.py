@@ -234,7 +234,9 @@ def _collection_command(client: TesseraClient, args: argparse.Namespace) -> int:
         done = 0
         for start in range(0, len(files), args.batch):
             chunk = files[start : start + args.batch]
-            records = [(f.relative_to(args.folder).as_posix(), f, {"path": str(f)}) for f in chunk]
+            # the path relative to the folder: `serve --media-root FOLDER` shows it on the search page
+            names = [f.relative_to(args.folder).as_posix() for f in chunk]
+            records = [(name, f, {"path": name}) for name, f in zip(names, chunk, strict=True)]
             done += client.upsert(args.collection, records)
             print(f"\rindexed {done}/{len(files)}", end="", file=sys.stderr)
         print(f"\nindexed {done} images into {args.collection}", file=sys.stderr)

@@ -26,6 +26,7 @@ class ServeConfig:
     host: str = "127.0.0.1"  # bind address; 0.0.0.0 exposes the server beyond this machine
     port: int = 50051  # gRPC port; 0 picks a free one (logged)
     http_port: int = -1  # the HTTP/JSON API's port (OpenAI's /v1/embeddings, REST); -1 = off, 0 = any
+    media_root: str = ""  # images the search page may show (GET /v1/media/PATH, under this folder only)
     reuse_port: bool = False  # share the port with servers that ask too (SO_REUSEPORT); a taken one stops
     tls_cert: str = ""  # server certificate chain (PEM); with tls_key both transports speak TLS only
     tls_key: str = ""  # the certificate's private key (PEM)

@@ -12,6 +12,7 @@ model: FastAPI for the routes and their OpenAPI document (/openapi.json), uvicor
     POST /v1/collections/{name}/delete        delete by id
     POST /v1/collections/{name}/search        by text, image or vector; top_k, nprobe
     GET  /healthz, /readyz                    live; engines warm and not draining (503 otherwise)
+    GET  /, /v1/media/{path}                  the search page and its images (runtime/web.py)
 
 An item is one of {"text"}, {"image": base64 or a data URL}, {"pixels": {"width", "height", "rgb":
 base64}}, {"vector": [floats] or base64 float32, "fingerprint"}. Vectors come back as float lists,
@@ -53,6 +54,7 @@ from runtime.metrics import Metrics
 from runtime.rpc import status_message
 from runtime.service import Codes, Query, Record, Service, Vector, received
 from runtime.tls import Tls
+from runtime.web import add_page
 
 log = logging.getLogger(__name__)
 Receive = Callable[[], Awaitable[Any]]  # ASGI
@@ -260,7 +262,7 @@ class Admission:
 
 # -- API keys, before admission ---------------------------------------------------------------------
 
-OPEN = {"/healthz", "/readyz", "/openapi.json"}  # probes and the schema: no key
+OPEN = {"/", "/healthz", "/readyz", "/openapi.json"}  # the page, probes and the schema: no key
 
 
 def method_of(verb: str, path: str) -> str:
@@ -273,6 +275,8 @@ def method_of(verb: str, path: str) -> str:
     }  # fmt: skip
     if (verb, "/".join(parts)) in fixed:
         return fixed[(verb, "/".join(parts))]
+    if parts[:2] == ["v1", "media"] and verb == "GET":
+        return "Media"
     if parts[:2] == ["v1", "collections"] and len(parts) == 3 and verb == "DELETE":
         return "DropCollection"
     if parts[:2] == ["v1", "collections"] and len(parts) == 4 and verb == "POST":
@@ -450,6 +454,7 @@ def build_app(service: Service, metrics: Metrics, keys: KeyFile | None = None) -
         ready = service.ready and not service.draining
         return Orjson({"status": "ready" if ready else "not ready"}, status_code=200 if ready else 503)
 
+    add_page(app, service.cfg.media_root, counted)
     admitted = Admission(app, service)
     return Keys(admitted, keys, metrics) if keys is not None else admitted
 
