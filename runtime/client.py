@@ -6,16 +6,12 @@ with TesseraClient("127.0.0.1:50051") as client:
     image_vecs = client.embed_images(["dog.jpg", pixels_hwc_uint8])  # paths, bytes or arrays
     codes = client.lookup(text_vecs, top_k=3)                         # [[(code id, score)]]
 
-python -m runtime.client --target 127.0.0.1:50051 embed --text "a dog" --image dog.jpg
-python -m runtime.client lookup --text "a dog" --top-k 3
-python -m runtime.client info
+python -m runtime.client --help        # the command line over the whole API (runtime/cli.py)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -215,108 +211,7 @@ class TesseraClient:
         return [(h.id, h.score, json.loads(h.payload_json)) for h in reply.hits]
 
 
-# -- CLI --------------------------------------------------------------------------------------------
+if __name__ == "__main__":  # the command line lives in runtime/cli.py
+    from runtime.cli import main
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-
-
-def _collection_command(client: TesseraClient, args: argparse.Namespace) -> int:
-    if args.command == "collections":
-        for c in client.list_collections():
-            print(f"{c.name}\t{c.backend}\t{c.count} records\td={c.dim}\tmodel {c.fingerprint[:12]}")
-    elif args.command == "drop":
-        client.drop_collection(args.collection)
-        print(f"dropped {args.collection}")
-    elif args.command == "index":
-        if args.collection not in {c.name for c in client.list_collections()}:
-            client.create_collection(args.collection, args.backend)
-        files = sorted(f for f in args.folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        done = 0
-        for start in range(0, len(files), args.batch):
-            chunk = files[start : start + args.batch]
-            # the path relative to the folder: `serve --media-root FOLDER` shows it on the search page
-            names = [f.relative_to(args.folder).as_posix() for f in chunk]
-            records = [(name, f, {"path": name}) for name, f in zip(names, chunk, strict=True)]
-            done += client.upsert(args.collection, records)
-            print(f"\rindexed {done}/{len(files)}", end="", file=sys.stderr)
-        print(f"\nindexed {done} images into {args.collection}", file=sys.stderr)
-    else:
-        query: Query | None = (
-            args.text if args.text is not None else (Path(args.image) if args.image else None)
-        )
-        if query is None:
-            raise SystemExit("search needs --text or --image")
-        for rank, (hit_id, score, payload) in enumerate(
-            client.search(args.collection, query, args.top_k, args.nprobe), start=1
-        ):
-            print(f"{rank:2d}. {score:.3f}  {hit_id}  {json.dumps(payload)}")
-    return 0
-
-
-def _items(args: argparse.Namespace) -> tuple[list[str], list[pb.Item]]:
-    names = [f"text {t!r}" for t in args.text] + [f"image {p}" for p in args.image]
-    return names, [pb.Item(text=t) for t in args.text] + [image_item(p) for p in args.image]
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m runtime.client", description="Call a Tessera server.")
-    p.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of the server")
-    p.add_argument("--tls-ca", help="the server's CA certificate (PEM): connect with TLS")
-    p.add_argument("--tls-cert", help="this client's certificate (PEM), for mTLS")
-    p.add_argument("--tls-key", help="its private key (PEM)")
-    p.add_argument("--api-key", default=os.environ.get("TESSERA_API_KEY"), help="[TESSERA_API_KEY]")
-    p.add_argument("--timeout-s", type=float, default=30.0)
-    sub = p.add_subparsers(dest="command", required=True)
-    for name in ("embed", "lookup"):
-        s = sub.add_parser(name, help=f"{name} texts and image files")
-        s.add_argument("--text", action="append", default=[], help="a text (repeatable)")
-        s.add_argument("--image", action="append", default=[], help="an image file (repeatable)")
-        s.add_argument("--top-k", type=int, default=3, help="codes per item")
-        s.add_argument("--json", action="store_true", help="print full vectors as JSON lines")
-    sub.add_parser("info", help="the model, its limits and engines")
-    ix = sub.add_parser("index", help="upsert every image under a folder into a collection")
-    ix.add_argument("folder", type=Path)
-    ix.add_argument("--collection", required=True)
-    ix.add_argument("--backend", default="builtin", help="for a new collection: builtin | milvus")
-    ix.add_argument("--batch", type=int, default=32)
-    se = sub.add_parser("search", help="search a collection by text or image")
-    se.add_argument("--collection", required=True)
-    se.add_argument("--text")
-    se.add_argument("--image")
-    se.add_argument("--top-k", type=int, default=5)
-    se.add_argument("--nprobe", type=int, default=0, help="codebook lists to search (0 = exact)")
-    sub.add_parser("collections", help="list collections")
-    dr = sub.add_parser("drop", help="drop a collection")
-    dr.add_argument("--collection", required=True)
-    args = p.parse_args(argv)
-    with TesseraClient(args.target, args.timeout_s, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
-                       tls_key=args.tls_key, api_key=args.api_key) as client:  # fmt: skip
-        try:
-            if args.command == "info":
-                print(client.info())
-                return 0
-            if args.command in ("index", "search", "collections", "drop"):
-                return _collection_command(client, args)
-            names, items = _items(args)
-            if not items:
-                p.error("give at least one --text or --image")
-            result = client.embed(items, top_codes=args.top_k)
-            for name, vector, codes in zip(names, result.vectors, result.codes, strict=True):
-                if args.json:
-                    print(json.dumps({"item": name, "vector": vector.tolist(), "codes": codes}))
-                    continue
-                head = " ".join(f"{x:+.3f}" for x in vector[:6])
-                top = ", ".join(f"{c}:{s:.3f}" for c, s in codes)
-                print(f"{name}\n  vector[{len(vector)}] = [{head} …]\n  codes  = {top}")
-            print(f"model {result.fingerprint[:12]}  total {result.timings.total_ms:.1f} ms", file=sys.stderr)
-        except grpc.RpcError as e:
-            print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
-            return 1
-        except OSError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-    return 0
-
-
-if __name__ == "__main__":
     sys.exit(main())

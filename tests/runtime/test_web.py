@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.client import main as client_main
+from runtime.cli import main as client_main
 from tests.runtime.conftest import Server
 from train.data.shapes import render, scene
 
