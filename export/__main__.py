@@ -5,16 +5,20 @@ and nothing at BUNDLE."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
 from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export", description="checkpoint -> verified bundle")
-    parser.add_argument("checkpoint", type=Path)
+    parser = argparse.ArgumentParser(
+        prog="python -m export", description="checkpoint -> verified bundle",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("checkpoint", type=Path, help="a training checkpoint (best.pt, or last.pt)")
     parser.add_argument("--out", type=Path, required=True, help="bundle directory to create")
-    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (at least 17)")
     parser.add_argument("--max-batch", type=int, default=32, help="largest batch the engines and parity use")
     parser.add_argument("--int8", action="store_true", help="add dynamically quantised graphs for CPUs")
     parser.add_argument("--tensorrt", action="store_true", help="build TensorRT engines for this GPU")
@@ -26,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--force", action="store_true", help="replace an existing bundle")
     args = parser.parse_args(argv)
+    missing = [m for m in ("torch", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        extras = 'pip install -e ".[train,export,cpu]"'
+        print(f"error: export needs {', '.join(missing)}: {extras}", file=sys.stderr)
+        return 2
     if args.opset < 17:
         print("error: --opset must be at least 17", file=sys.stderr)
         return 2

@@ -32,7 +32,9 @@ def field_help() -> dict[str, str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m runtime", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m runtime", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="serve a bundle over gRPC")
     defaults, helps = ServeConfig(), field_help()

@@ -1,6 +1,6 @@
 """`python -m train --config CONFIG [--set key=value ...] [--out DIR] [--resume CKPT | --init CKPT]`
 
-CONFIG is a file or a name in train/configs/ (tiny-shapes, flickr8k, paper-4m). Under `torchrun`,
+CONFIG is a file or a name in train/configs/ ({configs}). Under `torchrun`,
 every rank runs this same command; rank 0 writes OUT/metrics.jsonl and the checkpoints.
 `--resume` continues a run exactly; `--init` starts a new run (new config, optimiser, schedule and
 locks) from a checkpoint's weights — fine-tuning a trained model, or the second stage of a
@@ -10,23 +10,40 @@ linear-probe-then-fine-tune recipe (docs/results.md).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
 import sys
 from pathlib import Path
 
-from train.config import ConfigError, load_train_config, to_dict
+from train.config import ConfigError, config_keys, load_train_config, to_dict
+
+CONFIGS = Path(__file__).with_name("configs")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--config", required=True, help="a TOML file, or a name in train/configs/")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    names = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.toml")))
+    parser = argparse.ArgumentParser(
+        prog="python -m train", description=__doc__.split("\n\n")[1].format(configs=names)
+    )
+    parser.add_argument("--config", help=f"a TOML file, or a name in train/configs/: {names}")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, repeatable (see --keys)")  # fmt: skip
+    parser.add_argument("--keys", action="store_true", help="list every config key, its type and default")
     parser.add_argument("--out", help="run directory (default: runs/CONFIG-NAME)")
     parser.add_argument("--resume", help="a checkpoint (e.g. OUT/last.pt) to continue exactly from")
     parser.add_argument("--init", help="a checkpoint whose weights a new run starts from (same shapes)")
     args = parser.parse_args(argv)
+    if args.keys:
+        for key, kind, default in config_keys():
+            print(f"{key} = {default!r}  ({kind})")
+        return 0
+    if not args.config:
+        parser.error("--config is required")
+    if importlib.util.find_spec("torch") is None:
+        print('error: training needs the train extra: pip install -e ".[train]"', file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -14,6 +14,7 @@ Every default is commented; nothing below `__main__` sees argparse.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import sys
 import types
 import typing
@@ -227,11 +228,35 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(where + k for k in unknown)}")
+        hints_for = [where + k + closest(k, names, where) for k in unknown]
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(hints_for)}; `python -m train --keys` lists them all"
+        )
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, f"{where}{name}")
     return cls(**kwargs)
+
+
+def closest(name: str, names: set[str], where: str = "") -> str:
+    """' (did you mean X?)' for the likeliest intended name, or ''."""
+    match = difflib.get_close_matches(name, sorted(names), n=1)
+    return f" (did you mean {where}{match[0]}?)" if match else ""
+
+
+def config_keys(cls: type = TrainConfig, where: str = "") -> list[tuple[str, str, Any]]:
+    """Every key a config may set, as (dotted key, type, default), in declaration order."""
+    out: list[tuple[str, str, Any]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            out += config_keys(hint, f"{where}{f.name}.")  # type: ignore[arg-type]
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        kind = getattr(hint, "__name__", None) if typing.get_origin(hint) is None else None
+        out.append((where + f.name, kind or str(hint).replace("typing.", ""), default))
+    return out
 
 
 def _coerce(hint: Any, value: Any, key: str) -> Any:

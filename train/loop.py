@@ -371,6 +371,16 @@ class Trainer:
                 self.checkpoint("last.pt")
             if self.ctx.world > 1:
                 dist.barrier()
+        if self.step < self.total_steps and self.ctx.main:
+            best = self.out / "best.pt"
+            log.info(
+                "stopped at step %d of %d (run.stop_after_steps): the exact state is in %s; continue "
+                "with the same command and --resume %s. %s", self.step, self.total_steps,
+                self.out / "last.pt", self.out / "last.pt",
+                f"{best} holds the best evaluated weights so far." if best.exists() else
+                f"No evaluation yet, so no best.pt: `python -m export {self.out / 'last.pt'} --out BUNDLE` "
+                "exports the weights as they stand.",
+            )  # fmt: skip
         return self.metrics
 
 

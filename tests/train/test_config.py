@@ -39,3 +39,45 @@ def test_mistakes_are_named(data: dict, message: str) -> None:
 def test_preset_must_be_known() -> None:
     with pytest.raises(ConfigError, match="preset"):
         from_dict(ObjectiveConfig, {"preset": "clip"})
+
+
+def test_help_lists_every_shipped_config_and_keys_lists_every_key(capsys: pytest.CaptureFixture[str]) -> None:
+    from train.__main__ import CONFIGS, main
+    from train.config import config_keys
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert all(p.stem in shown for p in CONFIGS.glob("*.toml"))
+    assert main(["--keys"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == len(config_keys()) and any(k.startswith("run.stop_after_steps = 0") for k in listed)
+
+
+def test_a_mistyped_key_names_the_closest_one(capsys: pytest.CaptureFixture[str]) -> None:
+    from train.__main__ import main
+
+    assert main(["--config", "tiny-shapes", "--set", "run.stop_after_step=3"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean run.stop_after_steps?" in err and "python -m train --keys" in err
+
+
+def test_without_torch_training_and_export_say_which_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    from export.__main__ import main as export_main
+    from train.__main__ import main as train_main
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torch" else found(name, *a)
+    )
+    assert train_main(["--config", "tiny-shapes"]) == 2
+    assert (
+        capsys.readouterr().err.strip() == 'error: training needs the train extra: pip install -e ".[train]"'
+    )
+    assert export_main(["model.pt", "--out", "bundle"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: export needs torch:") and "\n" not in err

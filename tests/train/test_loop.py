@@ -57,12 +57,15 @@ def test_lr_warms_up_then_decays_to_the_floor() -> None:
     assert lr_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
 
 
-def test_resumed_run_repeats_the_uninterrupted_one(tmp_path: Path) -> None:
+def test_resumed_run_repeats_the_uninterrupted_one(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     straight = tmp_path / "straight"
     train(small(), straight)
     resumed = tmp_path / "resumed"
-    train(small("run.stop_after_steps=4"), resumed)  # stops between evaluations
+    with caplog.at_level("INFO", logger="train.loop"):
+        train(small("run.stop_after_steps=4"), resumed)  # stops between evaluations
     assert max(losses(resumed)) == 4
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "stopped at step 4 of 6" in said and f"--resume {resumed / 'last.pt'}" in said
     train(small(), resumed, resume=resumed / "last.pt")
     want, got = losses(straight), losses(resumed)
     assert sorted(got) == list(range(1, 7))
