@@ -190,14 +190,16 @@ class Reservation:
         window does, where earlier requests' answers free it) for room to grow into; then
         Overloaded. A request already read waits rather than being refused at once (its bytes are
         in memory either way, and refusing it would waste the read), but it holds its reservation
-        while it waits: once waiting requests hold GROWERS_SHARE of the budget, the rest are refused
-        at once, so that waiting for room never takes all the room there is to read new requests."""
+        while it waits: once waiting requests hold GROWERS_SHARE of the budget, the rest with a
+        bounded wait are refused at once, so that waiting for room never takes all the room there
+        is to read new requests. A stream's window (no bound) always waits: that is its flow
+        control."""
         if nbytes > self.budget.capacity:
             raise self.budget._refuse(nbytes, what)
         self.budget.charge(self.client, nbytes)
         if nbytes > self.nbytes:
             budget = self.budget
-            if budget.waiting_to_grow + self.nbytes > budget.capacity * GROWERS_SHARE:
+            if wait_s is not None and budget.waiting_to_grow + self.nbytes > budget.capacity * GROWERS_SHARE:
                 wait_s = 0.0  # enough read requests hold their bytes while they wait already
             budget.waiting_to_grow += self.nbytes
             try:

@@ -111,3 +111,16 @@ def test_a_call_that_gives_up_as_it_is_granted_leaves_no_bytes_taken() -> None:
         assert budget.used == 0
 
     asyncio.run(run())
+
+
+def test_a_stream_request_that_costs_more_than_its_read_waits_for_its_window() -> None:
+    async def run() -> None:
+        window = Budget(32 * MB, "this stream's window")
+        earlier = window.take_now(20 * MB, "the request before")
+        mine = await window.take(12 * MB, "the next request", None)  # what reading it needed
+        asyncio.get_running_loop().call_later(0.05, earlier.release)  # its answer is sent
+        await mine.grow_to(18 * MB, "a request", None)  # decoded images cost more than the read
+        assert window.used == 18 * MB
+        mine.release()
+
+    asyncio.run(run())
