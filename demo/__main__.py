@@ -5,7 +5,8 @@
 3. start the server (ONNX Runtime, CPU) with a data directory                   runs/demo/data
 4. embed texts and images; index the validation images in a collection; search it by text; look
    up codebook codes; measure what the server does at batch and under concurrency
-5. print a report, draw runs/demo/retrievals.png, stop the server with SIGTERM, exit 0
+5. print a report, draw runs/demo/retrievals.png, stop the server with SIGTERM, exit 0;
+   the validation images are left in runs/demo/images for the README's commands
 
 Re-running reuses the trained model and the bundle (delete runs/demo to start over). `--smoke`
 trains a few steps of a smaller model: the CI's end-to-end check that the pipeline holds together.
@@ -157,6 +158,10 @@ def run_session(client: TesseraClient, n_val: int, seed: int, split: str, size: 
     say("[4/5] use     embed, index, search, lookup")
     scenes = [scene(seed, split, i) for i in range(n_val)]
     images = [render(s, size) for s in scenes]
+    folder = out / "images"  # the same pictures as files: what the README's commands index and show
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        img.save(folder / f"{split}-{i:04d}.png")
     texts = ["a large red circle in the middle", "two small squares"]
     got = client.embed([pb.Item(text=t) for t in texts] + [pb.Item(image=png(images[0]))], top_codes=3)
     for name, v, codes in zip([*texts, f"image {split}/0 (PNG)"], got.vectors, got.codes, strict=True):

@@ -38,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.opset < 17:
         print("error: --opset must be at least 17", file=sys.stderr)
         return 2
+    if not args.checkpoint.is_file():
+        last = args.checkpoint.with_name("last.pt")
+        why = (f"; the run has not been evaluated yet (stopped early?): export {last} instead"
+               if args.checkpoint.name == "best.pt" and last.is_file() else "")  # fmt: skip
+        print(f"error: {args.checkpoint}: no such checkpoint{why}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
 
     def progress(line: str) -> None:

@@ -41,7 +41,8 @@ class CliError(Exception):
 def connection_options(parser: argparse.ArgumentParser, top: bool) -> None:
     """The options every command takes; on subcommands their defaults are left to the top parser."""
     d = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
-    parser.add_argument("--target", default=d("127.0.0.1:50051"), help="HOST:PORT of the server's gRPC port")
+    parser.add_argument("--target", default=d(os.environ.get("TESSERA_TARGET", "127.0.0.1:50051")),
+                        help="HOST:PORT of the gRPC port [$TESSERA_TARGET; 127.0.0.1:50051]")  # fmt: skip
     parser.add_argument("--tls-ca", default=d(None), help="the server's CA certificate (PEM): use TLS")
     parser.add_argument("--tls-cert", default=d(None), help="this client's certificate (PEM), for mTLS")
     parser.add_argument("--tls-key", default=d(None), help="its private key (PEM)")

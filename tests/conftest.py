@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,3 +25,11 @@ def shared_dir() -> Path:
             f"shared/ not found at {root}: set TESSERA_SHARED to the folder holding golden/ and data/"
         )
     return root
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """`python -m demo --smoke` once for the session: its output folder and what it printed."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    cmd = [sys.executable, "-m", "demo", "--smoke", "--out", str(out)]
+    return out, subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)

@@ -12,10 +12,9 @@ from PIL import Image
 from tests.conftest import REPO_ROOT
 
 
-def test_demo_smoke_runs_end_to_end(tmp_path: Path) -> None:
-    out = tmp_path / "demo"
+def test_demo_smoke_runs_end_to_end(demo_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    out, result = demo_run
     cmd = [sys.executable, "-m", "demo", "--smoke", "--out", str(out)]
-    result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for step in ("[1/5] train", "[2/5] export", "[3/5] serve", "[4/5] use", "[5/5] stop"):
         assert step in result.stdout, step
@@ -24,6 +23,7 @@ def test_demo_smoke_runs_end_to_end(tmp_path: Path) -> None:
     assert result.stdout.count("  query: ") == 8
     with Image.open(out / "retrievals.png") as picture:
         assert picture.width > 600 and picture.height > 8 * 128
+    assert len(list((out / "images").glob("dev-*.png"))) == 60  # the README's commands use them
     again = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "reusing" in again.stdout  # a re-run reuses what is built
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from train.config import ConfigError, ModelConfig, ObjectiveConfig, apply_overrides, from_dict, to_dict
+from train.config import (
+    ConfigError,
+    ModelConfig,
+    ObjectiveConfig,
+    apply_overrides,
+    from_dict,
+    load_train_config,
+    to_dict,
+)
 
 
 def test_overrides_reach_nested_fields_and_parse_toml_values() -> None:
@@ -81,3 +89,19 @@ def test_without_torch_training_and_export_say_which_extra_to_install(
     assert export_main(["model.pt", "--out", "bundle"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: export needs torch:") and "\n" not in err
+
+
+def test_the_readme_states_each_shipped_config_s_embed_dim_and_codebook_size() -> None:
+    import re
+
+    from tests.conftest import REPO_ROOT
+    from train.__main__ import CONFIGS
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    stated = {}
+    for names, d, k in re.findall(r"^\| ((?:`[\w-]+`(?:, )?)+) \| (\d+) \| (\d+) \|$", readme, re.M):
+        for name in re.findall(r"`([\w-]+)`", names):
+            stated[name] = (int(d), int(k))
+    for path in CONFIGS.glob("*.toml"):
+        cfg = load_train_config(str(path), [])
+        assert stated.get(path.stem) == (cfg.model.embed_dim, cfg.model.codebook_size), path.stem
