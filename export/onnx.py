@@ -1,4 +1,4 @@
-"""ONNX graphs of the two encoders, with preprocessing inside (DESIGN.md §4).
+"""ONNX graphs of the two encoders, with preprocessing inside (docs/architecture.md §3).
 
 - `ImageGraph`: uint8 NHWC RGB pixels [B, S, S, 3] -> (embedding [B, d], code_scores [B, K]); the
   cast, the /255 scaling, the mean/std normalisation and the NHWC -> NCHW transpose are graph ops,

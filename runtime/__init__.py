@@ -1,4 +1,4 @@
-"""Tessera runtime: the lean gRPC embedding server (DESIGN.md §5-6).
+"""Tessera runtime: the lean gRPC embedding server (docs/architecture.md §4-5).
 
 Depends only on numpy, pillow, tokenizers, grpcio, protobuf and an inference engine (ONNX Runtime
 or TensorRT) — never on torch, `train` or `export` (tests/runtime/test_boundary.py). Python 3.10

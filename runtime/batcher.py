@@ -1,4 +1,4 @@
-"""Dynamic batching (DESIGN.md §6, the batching contract), after Ray Serve's `@serve.batch` and
+"""Dynamic batching (docs/architecture.md §5, the batching contract), after Ray Serve's `@serve.batch` and
 text-embeddings-inference's queue: a list in, a list of the same length out.
 
 One `Batcher` owns one engine's queue. `submit(items, deadline_s)` enqueues the items of one request

@@ -33,6 +33,8 @@ from runtime.bulk import IMAGE_SUFFIXES, BadItem, BulkError, embed_to_file, sour
 from runtime.client import TesseraClient, image_item, vector_item
 from runtime.proto.tessera.v1 import tessera_pb2 as pb
 
+BAR_WIDTH = 30  # characters of the bulk embed's progress bar
+
 
 class CliError(Exception):
     """A one-line error for the user (exit 1)."""
@@ -174,8 +176,10 @@ def bulk(client: TesseraClient, args: argparse.Namespace, out: Out) -> int:
 
     def progress(done: int, total: int, skipped: int) -> None:
         rate = done / max(time.monotonic() - t0, 1e-9)
-        line = f"\rembedded {done:,}/{total:,} ({skipped:,} skipped) {rate:,.0f} items/s"
-        print(line, end="", file=sys.stderr)
+        filled = BAR_WIDTH * done // max(total, 1)
+        bar = "#" * filled + "." * (BAR_WIDTH - filled)
+        line = f"\r[{bar}] {done:,}/{total:,} ({skipped:,} skipped) {rate:,.0f} items/s"
+        print(line, end="", file=sys.stderr, flush=True)
 
     report = embed_to_file(client, items, args.out, args.batch, args.part_items, args.skip_bad, progress)
     print(file=sys.stderr)

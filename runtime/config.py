@@ -1,4 +1,4 @@
-"""Server configuration (DESIGN.md §6 Operations): one frozen dataclass, every field settable by a
+"""Server configuration (docs/architecture.md §5): one frozen dataclass, every field settable by a
 `python -m runtime serve` flag or a `TESSERA_<FIELD>` environment variable (flag wins).
 
     TESSERA_BUNDLE=/models/f8k TESSERA_PORT=50051 TESSERA_MAX_WAIT_MS=5 python -m runtime serve

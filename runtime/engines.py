@@ -1,4 +1,4 @@
-"""Engines (DESIGN.md §6): the one interface the batcher calls, and how one is chosen.
+"""Engines (docs/architecture.md §5): the one interface the batcher calls, and how one is chosen.
 
     Engine.run({input name: array}) -> [embedding (B, d), code_scores (B, K)]
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics (DESIGN.md §6 Operations), on their own registry, served over HTTP by
+"""Prometheus metrics (docs/architecture.md §5), on their own registry, served over HTTP by
 `python -m runtime serve --metrics-port N`:
 
     tessera_requests_total{transport, method, code}  calls by status (gRPC's code names, both transports)

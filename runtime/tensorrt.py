@@ -286,7 +286,7 @@ class HotSwapEngine:
 
 def engine_for(bundle: Any, key: str, cfg: Any, fallback: Any) -> Any:
     """A TensorRT engine for graph `key`: the plan for this GPU if the bundle or the cache has one,
-    else `fallback()` now and a plan built in the background (DESIGN.md §6: a build never blocks)."""
+    else `fallback()` now and a plan built in the background: a build never blocks serving."""
     spec = bundle.manifest.graphs[key]
     inputs, outputs = [t.name for t in spec.inputs], [t.name for t in spec.outputs]
     cache_dir = Path(cfg.engine_cache) if cfg.engine_cache else bundle.root.parent / ".tessera-engines"

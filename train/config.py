@@ -2,7 +2,7 @@
 
 Map:
 - `ImageTowerConfig`, `TextTowerConfig`, `ModelConfig`: the model shapes as data (open_clip style).
-- `ObjectiveConfig`: the alignment objective preset and its constants (DESIGN.md §3).
+- `ObjectiveConfig`: the alignment objective preset and its constants (docs/architecture.md §2).
 - `DataConfig`, `OptimConfig`, `LockConfig`, `RunConfig`, `TrainConfig`: one training run.
 - `load_train_config`: a TOML file plus `--set` overrides -> `TrainConfig`.
 - `from_dict` / `to_dict`: nested dataclass <-> plain dict (checkpoints store `to_dict`).
@@ -123,7 +123,7 @@ class ObjectiveConfig:
 @dataclass(frozen=True)
 class DataConfig:
     source: DataSource = "shapes"
-    # jsonl: the captions file (DESIGN: {"image", "caption" | "captions", "split"?}); relative
+    # jsonl: the captions file ({"image", "caption" | "captions", "split"?} a line); relative
     # paths resolve against the working directory. Image paths resolve against `image_root`
     # ("" = the folder `images/` beside the JSONL).
     jsonl: str = ""

@@ -1,4 +1,4 @@
-"""Collections of vectors the server can search (DESIGN.md §6 Index).
+"""Collections of vectors the server can search (docs/architecture.md §5).
 
     base.py      the `Collection` protocol, records, hits, name and limit checks
     wal.py       the write-ahead log (CRC-framed records) and snapshots of the built-in collection

@@ -1,4 +1,4 @@
-"""The batching contract (DESIGN.md §6) on a plain-Python engine that records what it was given:
+"""The batching contract (docs/architecture.md §5) on a plain-Python engine that records what it was given:
 this is the batcher's own logic; tests/runtime/test_server.py checks it again over ONNX Runtime."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The runtime must stay lean: importing it never loads torch, train or export (DESIGN.md §2)."""
+"""The runtime must stay lean: importing it never loads torch, train or export (docs/architecture.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Independent float64 loop implementations of DESIGN.md §3, written from the formulas only.
+"""Independent float64 loop implementations of docs/architecture.md §2, written from the formulas only.
 
 Plain Python over lists of floats (math.fsum): no torch, no vectorisation, nothing shared with
 `train/objectives`. Inputs are nested lists; outputs are floats.

@@ -119,7 +119,7 @@ class Towers(nn.Module):
 
 
 class DualEncoder(nn.Module):
-    """Image-text dual encoder with everything CODIS and TCL train (DESIGN.md §3)."""
+    """Image-text dual encoder with everything CODIS and TCL train (docs/architecture.md §2)."""
 
     def __init__(self, cfg: ModelConfig, load_weights: bool = True) -> None:
         """`load_weights=False` skips pretrained files (a checkpoint's state dict follows)."""

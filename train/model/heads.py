@@ -1,6 +1,6 @@
 """Projection heads to the joint space and the representation codebook (CODIS).
 
-- `ProjectionHead`: tower width -> d, the same head for global and local features (DESIGN.md §3),
+- `ProjectionHead`: tower width -> d, the same head for global and local features (docs/architecture.md §2),
   followed by L2 normalisation.
 - `Codebook`: K learnable code vectors; `vectors()` returns them L2-normalised (rows), the form
   every consumer (losses, code scores, the bundle's codebook.npy) uses.

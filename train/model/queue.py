@@ -1,7 +1,7 @@
 """Feature queues (MoCo/ALBEF): a ring buffer of gathered momentum embeddings with sample ids.
 
 One `PairQueue` holds image and text momentum features side by side with the image id of each
-pair, so queue targets can put mass on every caption of the same image (DESIGN.md §3). Entries
+pair, so queue targets can put mass on every caption of the same image (docs/architecture.md §2). Entries
 are buffers (checkpointed, never trained); only the filled part is ever read.
 """
 

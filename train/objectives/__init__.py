@@ -1,4 +1,4 @@
-"""Alignment objectives (DESIGN.md §3): CMA, IMC, LMI, CODE, and presets combining them."""
+"""Alignment objectives (docs/architecture.md §2): CMA, IMC, LMI, CODE, and presets combining them."""
 
 from train.objectives.cma import cma_loss
 from train.objectives.codebook import code_loss, sinkhorn

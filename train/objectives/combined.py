@@ -1,4 +1,4 @@
-"""The combined alignment objective and its presets (DESIGN.md §3).
+"""The combined alignment objective and its presets (docs/architecture.md §2).
 
     itc     = CMA with α = 0                  (CLIP/ALBEF baseline)
     tcl     = CMA + IMC + LMI                 (TCL: its six terms, each pair halved, equal weights)
