@@ -1,4 +1,5 @@
 """Tessera export: checkpoint -> self-describing bundle (ONNX, codebook, tokenizer, manifest).
 
-Imports `train` and `runtime.bundle`; `tensorrt` lazily. (Built by the Export issue.)
+The bundle contract it writes: docs/architecture.md §3. Imports `train` and `runtime.bundle`;
+`tensorrt` lazily.
 """

@@ -1,10 +1,9 @@
 """Outlier channels of a transformer's feed-forward blocks, kept out of int8.
 
 Dynamic int8 quantises each activation tensor with one scale, set by its largest value. In
-MiniLM-L6 the input of each FFN's second MatMul (the GELU output, 1,536 channels) has one or two
-channels reaching 14-25 where the median channel peaks near 0.7, so every other channel is
-quantised with a step 20-40x coarser than it needs: on Flickr8k captions that alone takes the
-int8 text embedding's min cosine to fp32 from ~0.995 to ~0.989.
+MiniLM-L6 the input of each FFN's second MatMul (the GELU output) has one or two channels far
+above the rest, so every other channel is quantised with a step many times coarser than it needs,
+and the int8 text embedding drifts from fp32 (docs/decisions.md §5 has the measurements).
 
 `split_ffn_outliers` finds those channels on calibration inputs and moves them to a small fp32
 side branch, once, in the graph (the decomposition of LLM.int8(), Dettmers et al. 2022, with the
@@ -14,8 +13,8 @@ channels fixed at export time):
     ->  W1[:, o] = 0, b1[o] = 0     (GELU(0) = 0, so h[:, o] = 0 and drops out of h's int8 range)
         Y = h W2 + b2 + GELU(X W1[:, o] + b1[o]) W2[o, :]     (the side branch, fp32, k = |o| <= 2)
 
-In exact arithmetic the graph computes the same Y. The side branch costs two MatMuls of width k
-per layer (measured: 1.91x -> 1.86x fp32 speed at batch 32; min cosine 0.989 -> 0.995).
+In exact arithmetic the graph computes the same Y. The side branch costs two narrow MatMuls of
+width k per layer, little beside the accuracy it buys (docs/decisions.md §5).
 Only FFNs of the erf-GELU form BERT exports (Div, Erf, Add, Mul, Mul) are touched.
 """
 

@@ -1,4 +1,5 @@
-"""Model: towers (ViT, EfficientNet-lite0, BERT), heads, codebook, momentum twin, queue."""
+"""Model: towers (ViT, EfficientNet-lite0, BERT), heads, codebook, momentum twin, queue
+(docs/architecture.md §2)."""
 
 from train.model.dual import DualEncoder, Encoded, resolve_config
 
