@@ -14,6 +14,7 @@ import onnxruntime as ort
 from export.parity import compare, image_inputs, merge, text_inputs
 from runtime.bundle import Manifest, ParityRecord
 from runtime.tensorrt import (
+    MIN_COSINE,
     TensorRTEngine,
     build_engine,
     engine_name,
@@ -23,8 +24,6 @@ from runtime.tensorrt import (
     import_tensorrt,
     profile_shapes,
 )
-
-TRT_MIN_COSINE = 0.999
 
 
 def build_engines(manifest: Manifest, tmp: Path, opts: Any, progress: Callable[[str], None]) -> Manifest:
@@ -40,9 +39,7 @@ def build_engines(manifest: Manifest, tmp: Path, opts: Any, progress: Callable[[
         "image": [{"pixels": p} for _, p in image_inputs(manifest.image.size_px, manifest.max_batch)],
         "text": [
             {"input_ids": i, "attention_mask": m}
-            for _, i, m in text_inputs(
-                text, 30522 if text.vocab_size > 30000 else text.vocab_size, manifest.max_batch
-            )
+            for _, i, m in text_inputs(text, text.vocab_size, manifest.max_batch)
         ],
     }
     engines, parity = list(manifest.engines), list(manifest.parity)
@@ -69,14 +66,12 @@ def build_engines(manifest: Manifest, tmp: Path, opts: Any, progress: Callable[[
             parts += [compare(g, w) for g, w in zip(got, want, strict=True)]
         engine.close()
         result = merge(parts)
-        ok = result.passes(None, TRT_MIN_COSINE)
+        ok = result.passes(None, MIN_COSINE)
         parity.append(ParityRecord(f"{key}_trt_{precision}", f"tensorrt {trt.__version__} on {gpu}",
                                    "onnxruntime fp32", "parity inputs of the fp32 check", result.n,
                                    result.max_abs_diff, result.min_cosine, ok))  # fmt: skip
         progress(f"parity   {key} tensorrt {precision}: min cosine {result.min_cosine:.5f}")
         if not ok:
-            raise RuntimeError(
-                f"{key} TensorRT engine: min cosine {result.min_cosine:.4f} < {TRT_MIN_COSINE}"
-            )
+            raise RuntimeError(f"{key} TensorRT engine: min cosine {result.min_cosine:.4f} < {MIN_COSINE}")
         engines.append(engine_record(file, key, gpu, cc, precision, profile))
     return replace(manifest, engines=engines, parity=parity)

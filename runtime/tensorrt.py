@@ -51,11 +51,7 @@ def import_tensorrt() -> Any:
 
 def gpu_identity() -> tuple[str, str]:
     """(GPU name, compute capability "major.minor") of device 0, via TensorRT's CUDA bindings."""
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        from cuda import cudart  # older cuda-python
-    err, props = cudart.cudaGetDeviceProperties(0)
+    err, props = _cudart().cudaGetDeviceProperties(0)
     if int(err) != 0:
         raise RuntimeError(f"cudaGetDeviceProperties failed: {err}")
     name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
