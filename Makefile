@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: demo test test-all test-gpu lint install browser
+.PHONY: demo test test-fast test-all test-gpu lint install browser
 
 $(STAMP): pyproject.toml requirements/pretrained.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ browser:
 # The suite without `slow` and `gpu` cases (pyproject addopts); PYTEST_ARGS adds flags.
 test: lint browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The fast inner loop: no servers, processes, training runs or exports (the `integration` lane).
+test-fast: lint
+	$(PY) -m pytest -q -m "not integration and not slow and not gpu" $(PYTEST_ARGS)
 
 # Everything that runs on a CPU, slow cases included.
 test-all: lint browser

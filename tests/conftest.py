@@ -12,6 +12,17 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+# Tests that use these fixtures start servers or processes, or train a model to export: the
+# `integration` lane (`make test-fast` leaves it out). Modules that do so without them mark themselves.
+INTEGRATION_FIXTURES = {"server", "bundle", "demo_run", "web"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 def shared_root() -> Path:
     """`$TESSERA_SHARED`, else the `shared/` folder beside the checkout (as CI lays it out)."""
     return Path(os.environ.get("TESSERA_SHARED", REPO_ROOT.parent / "shared"))

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.integration  # runs the demo in processes of its own
 
 
 def test_demo_smoke_runs_end_to_end(demo_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:

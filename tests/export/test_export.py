@@ -28,6 +28,8 @@ from train.checkpoint import load_model
 from train.data.tokenizer import TextEncoder
 from train.loop import train
 
+pytestmark = pytest.mark.integration  # starts processes, trains or exports (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -6,7 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.integration  # starts processes, trains or exports (tests/conftest.py)
 
 FORBIDDEN = ("torch", "train", "export")
 

@@ -24,6 +24,8 @@ from runtime.index.builtin import BuiltinCollection
 from runtime.index.registry import Collections
 from tests.runtime.test_index import D, K, data, spec, write_three
 
+pytestmark = pytest.mark.integration  # starts processes, trains or exports (tests/conftest.py)
+
 FP = "f" * 64
 
 

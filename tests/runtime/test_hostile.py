@@ -24,7 +24,7 @@ from runtime.client import vector_item
 from runtime.proto.tessera.v1 import tessera_pb2 as pb
 from tests.runtime.conftest import Server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 FUZZ_PER_RPC = 2000
 KILL_TRIALS = 20
 DROP_RACES = 50

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,7 +176,6 @@ def test_a_query_shows_the_top_hit_and_clicking_a_hit_searches_by_its_image(
         wait.until(lambda d: ids(d) == [hit_id for hit_id, _, _ in by_image])
         top = driver.find_element(By.CSS_SELECTOR, "#grid .hit .meta b").text
         assert float(top) == pytest.approx(by_image[0][1], abs=1e-3)
-        time.sleep(0.2)  # thumbnails decoded before the picture is taken
         assert driver.save_screenshot(str(tmp_path / "search-page.png"))
     finally:
         driver.quit()

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
 from tests.train.test_loop import losses, small
 from train.average import WeightAverage
 from train.loop import train
+
+pytestmark = pytest.mark.integration  # starts processes, trains or exports (tests/conftest.py)
 
 
 def test_average_equals_a_float64_loop() -> None:

@@ -17,6 +17,8 @@ from train.config import ObjectiveConfig
 from train.model import DualEncoder
 from train.objectives import AlignmentObjective, gather_targets
 
+pytestmark = pytest.mark.integration  # starts processes, trains or exports (tests/conftest.py)
+
 WORLD = 2
 ALPHA = 0.4
 

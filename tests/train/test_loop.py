@@ -18,6 +18,8 @@ from train.checkpoint import load_model
 from train.config import CONFIG_DIR, TrainConfig, load_train_config
 from train.loop import Trainer, lr_factor, train
 
+pytestmark = pytest.mark.integration  # starts processes, trains or exports (tests/conftest.py)
+
 SMALL = [
     "data.shapes_train_images=48",
     "data.shapes_val_images=16",

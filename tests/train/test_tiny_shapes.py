@@ -17,6 +17,8 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
+pytestmark = pytest.mark.integration  # starts processes, trains or exports (tests/conftest.py)
+
 
 @pytest.mark.slow
 def test_tiny_shapes_cli_learns_far_above_chance(tmp_path: Path) -> None:
