@@ -21,8 +21,10 @@ import re
 import sys
 from dataclasses import fields
 
-from runtime.config import BACKENDS, INT8_MODES, ServeConfig, load_config
+from runtime.config import ENGINE_BACKENDS, INT8_MODES, ServeConfig, load_config
 from runtime.errors import TesseraError
+
+CHOICES = {"backend": ENGINE_BACKENDS, "int8": INT8_MODES, "reflection": ("auto", "on", "off")}
 
 
 def field_help() -> dict[str, str]:
@@ -46,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument(flag, action="store_true", default=None, help=f"{helps.get(f.name, '')} [{env}]")
             continue
         kind = {"int": int, "float": float}.get(str(f.type), str)
-        choices = {"backend": BACKENDS, "int8": INT8_MODES, "reflection": ("auto", "on", "off")}.get(f.name)
+        choices = CHOICES.get(f.name)
         bare = {"nargs": "?", "const": "on"} if f.name == "int8" else {}  # `--int8` alone is `--int8=on`
         s.add_argument(
             flag, type=kind, default=None, choices=choices, **bare,

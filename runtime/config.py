@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 Backend = Literal["auto", "onnxruntime", "tensorrt"]
-BACKENDS: tuple[str, ...] = ("auto", "onnxruntime", "tensorrt")
+ENGINE_BACKENDS: tuple[str, ...] = ("auto", "onnxruntime", "tensorrt")
 INT8_MODES: tuple[str, ...] = ("off", "on", "auto")
 # how a bare `--int8` and the booleans of TESSERA_INT8 read
 INT8_WORDS = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off", "": "off"}
@@ -74,8 +74,8 @@ class ServeConfig:
             raise ValueError(f"int8 {self.int8!r} is not one of {', '.join(INT8_MODES)}")
         if self.reflection not in ("auto", "on", "off"):
             raise ValueError(f"reflection {self.reflection!r} is not one of auto, on, off")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.backend not in ENGINE_BACKENDS:
+            raise ValueError(f"backend {self.backend!r} is not one of {', '.join(ENGINE_BACKENDS)}")
         for name in ("max_batch_size", "max_queue", "max_items_per_request", "max_request_bytes",
                      "max_image_pixels", "max_text_chars", "preprocess_threads", "max_inflight_mb",
                      "stream_window_mb", "max_concurrent_rpcs", "engine_memory_mb"):  # fmt: skip

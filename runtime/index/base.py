@@ -16,7 +16,7 @@ MAX_ID_BYTES = 512
 MAX_PAYLOAD_BYTES = 64 << 10
 MAX_PAYLOAD_DEPTH = 32  # nested arrays and objects
 MAX_TOP_K = 1000
-BACKENDS = ("builtin", "milvus")
+COLLECTION_BACKENDS = ("builtin", "milvus")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import Any
 
 from runtime.errors import AlreadyExists, CorruptData, InvalidInput, NotFound, shown
 from runtime.index import milvus
-from runtime.index.base import BACKENDS, Collection, CollectionSpec, check_name
+from runtime.index.base import COLLECTION_BACKENDS, Collection, CollectionSpec, check_name
 from runtime.index.builtin import BuiltinCollection
 from runtime.index.wal import fsync_dir
 
@@ -65,8 +65,8 @@ class Collections:
     def create(self, name: str, backend: str) -> Collection:
         check_name(name)
         backend = backend or "builtin"
-        if backend not in BACKENDS:
-            raise InvalidInput(f"backend {shown(backend)} is not one of {', '.join(BACKENDS)}")
+        if backend not in COLLECTION_BACKENDS:
+            raise InvalidInput(f"backend {shown(backend)} is not one of {', '.join(COLLECTION_BACKENDS)}")
         with self.lock:
             if name in self.open:
                 raise AlreadyExists(f"collection {name!r} exists ({self.open[name].spec.backend})")

@@ -23,7 +23,7 @@ from runtime.bundle import BundleError, load_bundle
 from runtime.cpu import cpu_isa
 from tests.bundles import rewritten
 from tests.conftest import REPO_ROOT
-from tests.train.test_loop import small
+from tests.helpers import small
 from train.checkpoint import load_model
 from train.data.tokenizer import TextEncoder
 from train.loop import train

@@ -15,7 +15,7 @@ from runtime.launch import ServerProcess
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle of a tiny model (32 px images, d = 16, K = 8), with int8 graphs, max batch 32."""
     from export.pipeline import Exporter, ExportOptions
-    from tests.train.test_loop import small
+    from tests.helpers import small
     from train.loop import train
 
     run = tmp_path_factory.mktemp("run")

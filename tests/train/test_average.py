@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.train.test_loop import losses, small
+from tests.helpers import losses, small
 from train.average import WeightAverage
 from train.loop import train
 

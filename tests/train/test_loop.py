@@ -14,42 +14,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from tests.helpers import losses, small
 from train.checkpoint import load_model
-from train.config import CONFIG_DIR, TrainConfig, load_train_config
+from train.config import CONFIG_DIR, load_train_config
 from train.loop import Trainer, lr_factor, train
 
 pytestmark = pytest.mark.integration  # starts processes, trains or exports (tests/conftest.py)
-
-SMALL = [
-    "data.shapes_train_images=48",
-    "data.shapes_val_images=16",
-    "data.workers=0",
-    "data.vocab_size=200",
-    "model.image.width=32",
-    "model.image.depth=1",
-    "model.image.image_size=32",
-    "model.text.width=32",
-    "model.text.depth=1",
-    "model.text.intermediate=64",
-    "model.embed_dim=16",
-    "model.codebook_size=8",
-    "model.queue_size=32",
-    "optim.batch_size=8",
-    "optim.max_steps=6",
-    "optim.warmup_steps=2",
-    "run.log_every_steps=1",
-    "run.eval_every_steps=3",
-    "run.progress=false",
-]
-
-
-def small(*extra: str) -> TrainConfig:
-    return load_train_config("tiny-shapes", [*SMALL, *extra])
-
-
-def losses(out: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if r["type"] == "train"}
 
 
 def test_lr_warms_up_then_decays_to_the_floor() -> None:
