@@ -122,7 +122,7 @@ class Direct:
 
     def items_per_s(self, n: int, repeats: int, split: bool = False) -> float:
         """Median items/s over `repeats` timed runs of the pool's first n items (after one warm-up)."""
-        feeds = self._feeds(self.pool[:n], split)
+        feeds = self.feeds(self.pool[:n], split)
         for feed in feeds:
             self.session.run(None, feed)
         times = []
@@ -133,7 +133,7 @@ class Direct:
             times.append(time.perf_counter() - t0)
         return n / median(times)
 
-    def _feeds(self, batch: list[pb.Item], split: bool) -> list[dict[str, np.ndarray]]:
+    def feeds(self, batch: list[pb.Item], split: bool) -> list[dict[str, np.ndarray]]:
         if self.modality != "text":
             s = self.size_px
             pixels = [np.frombuffer(i.pixels.rgb, np.uint8).reshape(s, s, 3) for i in batch]

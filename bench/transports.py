@@ -25,7 +25,9 @@ once with:
     ~/.cache/tessera/infinity/bin/pip install "infinity-emb[server,torch]==0.0.78" "numpy<2" torch==2.13.0
 
 Targets: HTTP ≥ 80 % of gRPC's throughput; Tessera fp32 ≥ 1.5x and int8 ≥ 2.5x infinity's (both
-over HTTP, the transport infinity has).
+over HTTP, the transport infinity has). Each round also times our text graphs called directly
+(ONNX Runtime as the server opens them, batches of 32 cut by length as the server cuts them, no
+serving at all): the most any server of this engine could do on this CPU, beside infinity's rate.
 
     python -m bench.transports [--duration-s 6] [--rounds 3] [--edge CKPT] [--infinity DIR] [--record]
 """
@@ -212,6 +214,27 @@ def cases(fp32: ServerProcess, int8: ServerProcess, infinity: Infinity) -> list[
     return out
 
 
+def direct_rate(bundle_dir: Path, key: str, duration_s: float) -> float:
+    """texts/s of the text graph `key` called directly, in the server's batches of 32."""
+    from bench.serve import BATCH, Direct
+    from runtime.bundle import load_bundle
+    from runtime.engines import OnnxRuntimeEngine
+
+    bundle = load_bundle(bundle_dir)
+    pool = [pb.Item(text=t) for t in TEXTS[:512]]
+    cutter = Direct(bundle, "text", pool)  # tokenises and cuts by length as the server does
+    feeds = [f for i in range(0, len(pool), BATCH) for f in cutter.feeds(pool[i : i + BATCH], split=True)]
+    engine = OnnxRuntimeEngine(bundle, key, False, 0)
+    for feed in feeds:
+        engine.run(feed)
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < duration_s:
+        for feed in feeds:
+            engine.run(feed)
+        done += len(pool)
+    return done / (time.perf_counter() - t0)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -236,6 +259,9 @@ def main(argv: list[str] | None = None) -> None:
         for r in range(args.rounds):
             for c in todo:
                 rates[(c.server, c.transport, c.load)].append(asyncio.run(c.run(args.duration_s)))
+            for name, bundle, key in (("fp32", fp32_bundle, "text"), ("int8", int8_bundle, "text_int8")):
+                direct = rates.setdefault((f"Tessera {name} engine, direct", "none", "batches of 32"), [])
+                direct.append(direct_rate(bundle, key, args.duration_s))
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     finally:
         for s in servers:
@@ -253,7 +279,7 @@ def table(rates: dict[tuple[str, str, str], list[float]], args: argparse.Namespa
     def ratio(a: tuple[str, str, str], b: tuple[str, str, str]) -> float:
         return median([x / y for x, y in zip(rates[a], rates[b], strict=True)])
 
-    loads = sorted({k[2] for k in rates}, key=lambda x: x != "single")
+    loads = [load for load in ("single", f"bulk of {BULK}") if any(k[2] == load for k in rates)]
     rows = [
         f"| {server} | {transport} | {load} | {median(v):,.0f} | {min(v):,.0f}–{max(v):,.0f} |"
         for (server, transport, load), v in rates.items()
@@ -268,6 +294,11 @@ def table(rates: dict[tuple[str, str, str], list[float]], args: argparse.Namespa
             checks.append(
                 f"| {name} / infinity (HTTP) | {load} | {r:.2f}x | ≥ {target}x | {verdict(r >= target)} |"
             )
+            engine = (f"{name} engine, direct", "none", "batches of 32")
+            ceiling = ratio(engine, (INFINITY, "HTTP", load))
+            reach = "reachable" if ceiling >= target else "out of reach of any server of this engine"
+            checks.append(f"| {name} engine called directly / infinity (HTTP) | {load} | {ceiling:.2f}x "
+                          f"| ≥ {target}x | {reach} |")  # fmt: skip
     return [
         f"- Command: `python -m bench.transports {' '.join(sys.argv[1:])}`",
         f"- Machine: {machine()}; infinity-emb 0.0.78 (torch 2.13.0+cpu, numpy<2, its own virtualenv); "
