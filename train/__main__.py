@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, repeatable (see --keys)")  # fmt: skip
     parser.add_argument("--keys", action="store_true", help="list every config key, its type and default")
+    parser.add_argument("--eval-only", metavar="CKPT", help="print a checkpoint's recalls (no training)")
+    parser.add_argument("--split", default="dev", help="with --eval-only: dev, or test (the held-out split)")
     parser.add_argument("--out", help="run directory (default: runs/CONFIG-NAME)")
     parser.add_argument("--resume", help="a checkpoint (e.g. OUT/last.pt) to continue exactly from")
     parser.add_argument("--init", help="a checkpoint whose weights a new run starts from (same shapes)")
@@ -39,11 +41,22 @@ def main(argv: list[str] | None = None) -> int:
         for key, kind, default in config_keys():
             print(f"{key} = {default!r}  ({kind})")
         return 0
-    if not args.config:
-        parser.error("--config is required")
     if importlib.util.find_spec("torch") is None:
         print('error: training needs the train extra: pip install -e ".[train]"', file=sys.stderr)
         return 2
+    if args.eval_only:
+        from train.evaluate import evaluate_checkpoint
+
+        try:
+            metrics = evaluate_checkpoint(args.eval_only, args.split)
+        except (OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps({"checkpoint": args.eval_only, "split": args.split,
+                          **{k: round(v, 2) for k, v in metrics.items()}}))  # fmt: skip
+        return 0
+    if not args.config:
+        parser.error("--config is required")
     logging.basicConfig(
         level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

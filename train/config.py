@@ -144,6 +144,10 @@ class DataConfig:
     # "mirror": the eval view, horizontally flipped with p 0.5
     workers: int = 2  # DataLoader worker processes
     val_max_images: int = 0  # 0 = the whole validation split
+    # a file of image names (one a line) moved to `held_out_split` out of whatever split their line
+    # names: Flickr8k's test split, carved from its training images (train/splits/)
+    held_out: str = ""
+    held_out_split: str = "test"
 
 
 @dataclass(frozen=True)

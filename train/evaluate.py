@@ -119,3 +119,27 @@ def zero_shot_accuracy(
     """Top-1 accuracy (percent) of nearest-prompt classification."""
     predicted = (image_embeddings @ class_embeddings.T).argmax(dim=1)
     return 100.0 * (predicted == labels).float().mean().item()
+
+
+def evaluate_checkpoint(path: str, split: str, device: str = "cpu") -> dict[str, float]:
+    """Recall@1/5/10 both ways and RSUM of a checkpoint on a split of the data it was trained with
+    (`python -m train --eval-only CKPT --split test`). A held-out split is refused for a run that
+    did not hold it out: its images would have been trained on."""
+    from tokenizers import Tokenizer
+
+    from train.checkpoint import load_model
+    from train.data.datasets import make_source
+    from train.data.tokenizer import TextEncoder
+
+    model, ckpt = load_model(path, device)
+    cfg = ckpt["config"]
+    if split == cfg.data.held_out_split and not cfg.data.held_out:
+        raise ValueError(
+            f"{path} was trained without data.held_out: its {split!r} images are among the ones it "
+            "trained on, so its numbers there would flatter it"
+        )
+    source = make_source(cfg.data, split, cfg.model.image.image_size)
+    text = TextEncoder(Tokenizer.from_str(ckpt["tokenizer"]), cfg.model.text.max_len)
+    evaluator = RetrievalEvaluator(source.retrieval_set(0), source.loader, text, torch.device(device))
+    metrics, _ = evaluator(model.to(device))
+    return metrics

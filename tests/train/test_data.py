@@ -135,3 +135,35 @@ def test_text_is_padded_to_the_batch_longest_and_truncated() -> None:
     assert batch.view1.shape == (3, 3, 32, 32) and batch.input_ids.shape[1] == int(
         batch.attention_mask.sum(1).max()
     )
+
+
+def test_held_out_images_leave_their_split_for_the_test_split(tmp_path: Path) -> None:
+    from train.data.captions import read_held_out
+
+    splits = ["train"] * 6 + ["dev"] * 2
+    rows = [{"image": f"{i}.png", "caption": f"pic {i}", "split": s} for i, s in enumerate(splits)]
+    path = write_jsonl(tmp_path, rows, {})
+    listed = tmp_path / "held.txt"
+    listed.write_text("# two training images\n1.png\n4.png\n")
+    held = read_held_out(listed)
+    assert held == {"1.png", "4.png"}
+    assert [i.image for i in load_jsonl(path, "train", 30, held)] == ["0.png", "2.png", "3.png", "5.png"]
+    assert [i.image for i in load_jsonl(path, "test", 30, held)] == ["1.png", "4.png"]
+    assert [i.image for i in load_jsonl(path, "dev", 30, held)] == ["6.png", "7.png"]
+
+
+def test_the_shipped_flickr8k_test_split_is_1000_training_images_and_the_configs_hold_it_out(
+    shared_dir: Path,
+) -> None:
+    import json
+
+    from train.config import load_train_config
+    from train.data.captions import read_held_out
+
+    lines = (shared_dir / "data" / "flickr8k" / "captions.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    train_images = {r["image"] for r in rows if r["split"] == "train"}
+    held = read_held_out("train/splits/flickr8k-test.txt")
+    assert len(held) == 1000 and held <= train_images
+    for name in ("flickr8k", "flickr8k-locked", "flickr8k-ft"):
+        assert load_train_config(name, []).data.held_out == "train/splits/flickr8k-test.txt", name

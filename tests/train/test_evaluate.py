@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 
 from train.evaluate import recall_at_k, zero_shot_accuracy
@@ -96,3 +99,44 @@ def test_evaluator_of_a_training_mirror_averaged_model_sees_the_eval_mode_encode
     with torch.no_grad():
         want = model.eval().encode_image(pixels).global_
     assert got.images.shape == want.shape and torch.allclose(got.images, want, atol=1e-5)
+
+
+@pytest.mark.integration  # trains two small runs and evaluates them in processes of their own
+def test_eval_only_reports_a_held_out_split_and_refuses_one_the_run_trained_on(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    from tests.conftest import REPO_ROOT
+    from tests.helpers import small
+    from train.data.shapes import captions as shape_captions
+    from train.data.shapes import render, scene
+    from train.loop import train
+
+    (tmp_path / "images").mkdir()
+    rows = []
+    for i in range(40):
+        shapes = scene(9, "heldout", i)
+        Image.fromarray(np.asarray(render(shapes, 32), np.uint8)).save(tmp_path / "images" / f"{i}.png")
+        rows.append({"image": f"{i}.png", "captions": shape_captions(shapes, 2, f"c/{i}"),
+                     "split": "train" if i < 32 else "dev"})  # fmt: skip
+    (tmp_path / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "held.txt").write_text("".join(f"{i}.png\n" for i in range(24, 32)))
+    data = [f"data.jsonl={tmp_path / 'captions.jsonl'}", "data.source=jsonl", "data.augment=light"]
+    train(small(*data, f"data.held_out={tmp_path / 'held.txt'}", "optim.max_steps=2"), tmp_path / "held")
+    train(small(*data, "optim.max_steps=2"), tmp_path / "all")
+
+    def eval_only(run: str) -> subprocess.CompletedProcess[str]:
+        checkpoint = str(tmp_path / run / "best.pt")
+        cmd = [sys.executable, "-m", "train", "--eval-only", checkpoint, "--split", "test"]
+        return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+
+    ok = eval_only("held")
+    assert ok.returncode == 0, ok.stderr
+    report = json.loads(ok.stdout)
+    assert report["split"] == "test" and 0 <= report["rsum"] <= 600
+    refused = eval_only("all")
+    assert refused.returncode == 2 and "was trained without data.held_out" in refused.stderr

@@ -36,8 +36,12 @@ class ImageCaptions:
     captions: tuple[str, ...]
 
 
-def load_jsonl(path: str | Path, split: str | None, max_words: int) -> list[ImageCaptions]:
-    """The images of `split` (all when None), captions cleaned; bad lines are named."""
+def load_jsonl(
+    path: str | Path, split: str | None, max_words: int, held_out: frozenset[str] = frozenset(),
+    held_out_split: str = "test",
+) -> list[ImageCaptions]:  # fmt: skip
+    """The images of `split` (all when None), captions cleaned; bad lines are named. Images named in
+    `held_out` belong to `held_out_split` whatever their line says (a split carved out of another)."""
     out: list[ImageCaptions] = []
     path = Path(path)
     with path.open() as f:
@@ -50,7 +54,8 @@ def load_jsonl(path: str | Path, split: str | None, max_words: int) -> list[Imag
                 caps = row["captions"] if "captions" in row else [row["caption"]]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise ValueError(f"{path}:{lineno}: not an image-caption record ({e})") from e
-            if split is not None and row.get("split", split) != split:
+            row_split = held_out_split if str(image) in held_out else row.get("split", split)
+            if split is not None and row_split != split:
                 continue
             cleaned = tuple(c for c in (clean_caption(str(c), max_words) for c in caps) if c)
             if cleaned:
@@ -58,6 +63,19 @@ def load_jsonl(path: str | Path, split: str | None, max_words: int) -> list[Imag
     if not out:
         raise ValueError(f"{path}: no images in split {split!r}")
     return out
+
+
+def read_held_out(path: str | Path) -> frozenset[str]:
+    """Image names, one a line (# comments), from `path`: as given, else under the repository (the
+    shipped lists live in train/splits/)."""
+    p = Path(path)
+    if not p.is_absolute() and not p.exists():
+        p = Path(__file__).resolve().parents[2] / p
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ValueError(f"data.held_out {path}: {e.strerror or e}") from e
+    return frozenset(line.strip() for line in lines if line.strip() and not line.startswith("#"))
 
 
 @dataclass(frozen=True)

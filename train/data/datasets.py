@@ -23,7 +23,7 @@ from PIL import Image
 
 from train.config import DataConfig
 from train.data.augment import make_view
-from train.data.captions import ImageCaptions, RetrievalSet, load_jsonl, retrieval_set
+from train.data.captions import ImageCaptions, RetrievalSet, load_jsonl, read_held_out, retrieval_set
 from train.data.shapes import render, scene, shapes_split
 from train.data.tokenizer import TextEncoder
 
@@ -80,7 +80,9 @@ def make_source(cfg: DataConfig, split: str, image_size: int) -> PairSource:
         raise ValueError("data.source = 'jsonl' needs data.jsonl, the captions file")
     path = Path(cfg.jsonl)
     root = Path(cfg.image_root) if cfg.image_root else path.parent / "images"
-    return PairSource(load_jsonl(path, split, cfg.max_words), ImageLoader(root, image_size))
+    held_out = read_held_out(cfg.held_out) if cfg.held_out else frozenset()
+    items = load_jsonl(path, split, cfg.max_words, held_out, cfg.held_out_split)
+    return PairSource(items, ImageLoader(root, image_size))
 
 
 @dataclass
