@@ -39,6 +39,10 @@ class FeatureCache:
     pair_image: torch.Tensor  # (n_captions,) image index of each caption (= pair)
 
 
+# the data fields that decide which images are in the training split, and their views
+IMAGE_DATA_FIELDS = ("source", "jsonl", "image_root", "train_split", "held_out", "held_out_split", "augment")
+
+
 def cache_keys(cfg: TrainConfig, tokenizer_json: str) -> tuple[str, str]:
     """Hashes of everything the cached image views and the cached text depend on, in that order.
 
@@ -51,7 +55,7 @@ def cache_keys(cfg: TrainConfig, tokenizer_json: str) -> tuple[str, str]:
     image_parts = {
         "image": image,
         "lock": [cfg.lock.image_stages, cfg.lock.cache_views],
-        "data": {k: data[k] for k in ("source", "jsonl", "image_root", "train_split", "augment") if k in data}
+        "data": {k: data[k] for k in IMAGE_DATA_FIELDS if k in data}
         | {k: v for k, v in data.items() if k.startswith("shapes")},
         "seed": cfg.run.seed,
         "version": 2,

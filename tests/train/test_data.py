@@ -167,3 +167,14 @@ def test_the_shipped_flickr8k_test_split_is_1000_training_images_and_the_configs
     assert len(held) == 1000 and held <= train_images
     for name in ("flickr8k", "flickr8k-locked", "flickr8k-ft"):
         assert load_train_config(name, []).data.held_out == "train/splits/flickr8k-test.txt", name
+
+
+def test_the_image_cache_key_changes_with_the_images_of_the_training_split() -> None:
+    from train.cache import cache_keys
+    from train.config import load_train_config
+
+    base = load_train_config("flickr8k-locked", [])
+    other = load_train_config("flickr8k-locked", ["data.held_out=another-list.txt"])
+    optimiser = load_train_config("flickr8k-locked", ["optim.lr=1e-4"])
+    assert cache_keys(base, "{}")[0] != cache_keys(other, "{}")[0]  # other images: other views
+    assert cache_keys(base, "{}")[0] == cache_keys(optimiser, "{}")[0]  # shared where nothing differs
