@@ -119,10 +119,10 @@ def capture_key(keys_main: object, argv: list[str]) -> str:
 
 
 def ids(driver: object) -> list[str]:
-    """The ids of the hits the page shows, in order."""
-    from selenium.webdriver.common.by import By
-
-    return [c.get_attribute("data-id") for c in driver.find_elements(By.CSS_SELECTOR, "#grid .hit")]  # type: ignore[attr-defined]
+    """The ids of the hits the page shows, in order, read in one script call (a grid re-rendered
+    between finding its cards and reading them would leave stale references)."""
+    script = "return [...document.querySelectorAll('#grid .hit')].map((e) => e.dataset.id)"
+    return list(driver.execute_script(script))  # type: ignore[attr-defined]
 
 
 def chromium() -> tuple[str, str]:
