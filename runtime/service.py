@@ -278,7 +278,7 @@ class Service:
         return summary(await asyncio.to_thread(self._collections().create, name, backend))
 
     async def list_collections(self) -> list[CollectionSummary]:
-        return await asyncio.to_thread(lambda: [summary(c) for c in self._collections().list()])
+        return await asyncio.to_thread(lambda: [summary(c) for c in self._collections().all()])
 
     async def drop_collection(self, name: str) -> None:
         await asyncio.to_thread(self._collections().drop, name)

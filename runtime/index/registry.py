@@ -43,16 +43,16 @@ class Collections:
         self.milvus_uri = milvus_uri or str(data_dir / "milvus.db")
         self._milvus: Any = None
         self.lock = threading.Lock()
-        self.open: dict[str, Collection] = {}
+        self.by_name: dict[str, Collection] = {}
         for folder in sorted(self.root.iterdir()):
             if folder.name.startswith(".") and folder.name.endswith(".creating"):
                 log.info("removing %s: a collection whose creation did not finish", folder)
                 shutil.rmtree(folder, ignore_errors=True)
             elif folder.is_dir():
                 spec = read_spec(folder)
-                self.open[spec.name] = self._open(spec, folder, create=False)
+                self.by_name[spec.name] = self._open(spec, folder, create=False)
                 log.info(
-                    "collection %s (%s): %d records", spec.name, spec.backend, self.open[spec.name].count()
+                    "collection %s (%s): %d records", spec.name, spec.backend, self.by_name[spec.name].count()
                 )
 
     def _open(self, spec: CollectionSpec, root: Path, create: bool) -> Collection:
@@ -68,8 +68,8 @@ class Collections:
         if backend not in COLLECTION_BACKENDS:
             raise InvalidInput(f"backend {shown(backend)} is not one of {', '.join(COLLECTION_BACKENDS)}")
         with self.lock:
-            if name in self.open:
-                raise AlreadyExists(f"collection {name!r} exists ({self.open[name].spec.backend})")
+            if name in self.by_name:
+                raise AlreadyExists(f"collection {name!r} exists ({self.by_name[name].spec.backend})")
             final = self.root / name
             if final.exists():
                 raise AlreadyExists(f"{final} exists but is not an open collection: move it away first")
@@ -89,13 +89,13 @@ class Collections:
                 raise
             if isinstance(collection, BuiltinCollection):  # reopen at its final path
                 collection = self._open(spec, final, create=False)
-            self.open[name] = collection
+            self.by_name[name] = collection
             return collection
 
     def get(self, name: str) -> Collection:
-        collection = self.open.get(name)
+        collection = self.by_name.get(name)
         if collection is None:
-            have = ", ".join(sorted(self.open)) or "none"
+            have = ", ".join(sorted(self.by_name)) or "none"
             raise NotFound(f"no collection {shown(name)} (collections: {have})")
         if collection.spec.fingerprint != self.fingerprint:
             raise InvalidInput(
@@ -106,18 +106,18 @@ class Collections:
 
     def drop(self, name: str) -> None:
         with self.lock:
-            collection = self.open.pop(name, None)
+            collection = self.by_name.pop(name, None)
             if collection is None:
                 raise NotFound(f"no collection {shown(name)}")
             collection.destroy()
             shutil.rmtree(self.root / name)
             fsync_dir(self.root)
 
-    def list(self) -> list[Collection]:
-        return [self.open[k] for k in sorted(self.open)]
+    def all(self) -> list[Collection]:
+        return [self.by_name[k] for k in sorted(self.by_name)]
 
     def close(self) -> None:
-        for collection in self.open.values():
+        for collection in self.by_name.values():
             collection.close()
         if self._milvus is not None:
             self._milvus.close()

@@ -77,7 +77,7 @@ def test_writers_racing_drop_and_create_never_reach_the_new_collection(tmp_path:
         assert new.count() == 0
     reg.close()
     again = Collections(tmp_path, D, K, FP)
-    assert {c.spec.name: c.count() for c in again.list()} == {f"b{r}": 0 for r in range(10)}
+    assert {c.spec.name: c.count() for c in again.all()} == {f"b{r}": 0 for r in range(10)}
 
 
 # -- torn and zero-filled log tails -----------------------------------------------------------------

@@ -141,7 +141,7 @@ def test_registry_creates_reopens_and_drops(tmp_path: Path) -> None:
         reg.create("bad name!", "builtin")
     reg.close()
     again = Collections(tmp_path, D, K, "f" * 64)
-    assert [x.spec.name for x in again.list()] == ["photos"] and again.get("photos").count() == 20
+    assert [x.spec.name for x in again.all()] == ["photos"] and again.get("photos").count() == 20
     other_model = Collections(tmp_path, D, K, "0" * 64)
     with pytest.raises(InvalidInput, match="holds vectors of model ffffffffffff"):
         other_model.get("photos")
