@@ -14,7 +14,8 @@ from pathlib import Path
 
 from runtime.cpu import cpu_isa
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DOC = REPO_ROOT / "docs" / "benchmarks.md"
 CAPTIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k" / "captions.jsonl"
 # The EfficientNet-lite0 + MiniLM-L6 model the benchmarks time: the shipped recipe's second stage,
 # where the README's commands put it (absent: a fresh model of the same config, see bench/export.py)

@@ -47,7 +47,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 
-from bench.common import EDGE_CHECKPOINT, captions, machine, median, publish
+from bench.common import EDGE_CHECKPOINT, REPO_ROOT, captions, machine, median, publish
 from bench.export import fresh_checkpoint
 from export.parity import SENTENCES
 from runtime.bundle import Bundle, load_bundle, sha256_file
@@ -56,7 +56,6 @@ from runtime.embedder import Embedder
 from runtime.engines import EngineSet
 from runtime.errors import BundleError
 from runtime.grpc_api import Servicer
-from runtime.launch import REPO_ROOT
 from runtime.launch import ServerProcess as Server
 from runtime.metrics import Metrics
 from runtime.preprocess import TextTokenizer

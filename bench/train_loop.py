@@ -29,8 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import machine, median, publish
-from runtime.launch import REPO_ROOT
+from bench.common import REPO_ROOT, machine, median, publish
 
 
 def run_loop(

@@ -1,6 +1,8 @@
-"""`ServerProcess`: `python -m runtime serve` as a child process, for tests, benchmarks and the
-demo — started on ephemeral ports (gRPC, metrics and HTTP, parsed from its log), waited on until
-SERVING, stopped with SIGTERM (the graceful drain) and its exit status returned."""
+"""`ServerProcess`: `python -m runtime serve` as a child process, for tests, benchmarks, the demo
+and anyone embedding a server in a Python program (from a checkout or an installed package, in
+any working directory) — started on ephemeral ports (gRPC, metrics and HTTP, parsed from its
+log), waited on until SERVING, stopped with SIGTERM (the graceful drain) and its exit status
+returned."""
 
 from __future__ import annotations
 
@@ -19,7 +21,15 @@ from runtime.metrics import parse_metrics
 LISTEN = re.compile(r"listening on [\d.]+:(\d+)")
 METRICS = re.compile(r"metrics on http://[\d.]+:(\d+)/metrics")
 HTTP = re.compile(r"http on https?://[\d.]+:(\d+)")
-REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])  # where `runtime` is importable from
+
+
+def child_env(extra: dict[str, str] | None) -> dict[str, str]:
+    """This environment, `extra`, and the `runtime` package importable whatever the child's working
+    directory (an installed package already is; a checkout is through PYTHONPATH)."""
+    env = {**os.environ, **(extra or {})}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_PARENT, env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 class ServerProcess:
@@ -35,8 +45,7 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "runtime", "serve", "--bundle", str(bundle), *ports,
                "--data-dir", str(self.data_dir), *flags]  # fmt: skip
         self.proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-            env={**os.environ, **(env or {})},
+            cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=child_env(env),
         )  # fmt: skip
         self.lines: list[str] = []
         self.port = self.metrics_port = self.http_port = 0
