@@ -16,7 +16,6 @@ small Flickr8k-shaped dataset where `../shared/data/flickr8k` would be. Only the
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import re
@@ -31,6 +30,7 @@ from PIL import Image
 
 from runtime.launch import HTTP, LISTEN
 from tests.conftest import REPO_ROOT
+from tests.helpers import issue, write_pem
 from train.data.shapes import render, scene
 
 TOOLS = ("grpcurl", "curl", "jq")
@@ -67,25 +67,10 @@ def fake_flickr8k(root: Path) -> None:
 
 def self_signed(work: Path) -> None:
     """server.pem and server.key for 127.0.0.1, as the README's TLS command expects."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256())
-    )  # fmt: skip
-    (work / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (work / "server.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    write_pem(work / "server.pem", work / "server.key", issue("server", key, None, None), key)
 
 
 def workspace(tmp_path: Path, demo: Path) -> Path:

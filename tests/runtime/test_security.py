@@ -4,8 +4,6 @@ certificates from that CA and from another)."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import signal
 import ssl
 import subprocess
@@ -23,28 +21,11 @@ import pytest
 from runtime.client import TesseraClient
 from runtime.proto.tessera.v1 import tessera_pb2 as pb
 from tests.conftest import REPO_ROOT
+from tests.helpers import issue, write_pem
 from tests.runtime.conftest import Server
 
 x509 = pytest.importorskip("cryptography.x509", reason="the dev extra's cryptography is not installed")
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
-
-
-def issue(name: str, key: Any, issuer: Any | None, issuer_key: Any | None, ca: bool = False) -> Any:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    builder = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(issuer.subject if issuer else subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )  # fmt: skip
-    if not ca and name == "server":
-        san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    return builder.sign(issuer_key or key, hashes.SHA256())
 
 
 @dataclass(frozen=True)
@@ -63,9 +44,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     root = tmp_path_factory.mktemp("pki")
 
     def write(name: str, cert: Any, key: Any) -> tuple[Path, Path]:
-        (root / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        pem, pkcs8 = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8
-        (root / f"{name}.key").write_bytes(key.private_bytes(pem, pkcs8, serialization.NoEncryption()))
+        write_pem(root / f"{name}.pem", root / f"{name}.key", cert, key)
         return root / f"{name}.pem", root / f"{name}.key"
 
     ca_key, other_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
