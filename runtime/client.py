@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,9 @@ ImageLike = str | Path | bytes | np.ndarray  # a file, encoded bytes, or (H, W, 
 Query = str | Path | bytes | np.ndarray  # a text (str), an image (path, bytes, pixels) or a 1-D vector
 Codes = list[list[tuple[int, float]]]
 PathLike = str | Path
+UPSERT_ITEMS = 256  # records per Upsert request: the server's default limit
+UPSERT_BYTES = 3 << 20  # and bytes, under its default max_request_bytes
+UPSERT_IN_FLIGHT = 4  # requests outstanding at once: the server decodes one while storing another
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,21 @@ def query_item(query: Query, fingerprint: str = "") -> pb.Item:
 def vector_item(vector: np.ndarray, fingerprint: str = "") -> pb.Item:
     data = np.asarray(vector, dtype="<f4").tobytes()
     return pb.Item(vector=pb.Vector(data=data, fingerprint=fingerprint))
+
+
+def _packed_requests(
+    collection: str, records: Sequence[tuple[str, Query, dict | None]], fingerprint: str, batch_items: int
+) -> Iterator[pb.UpsertRequest]:
+    """Vector records as VectorRecords: one buffer per request, not a message per record."""
+    width = 4 * len(records[0][1]) + 64  # bytes a record costs, its id and payload roughly
+    step = max(1, min(batch_items, UPSERT_BYTES // width))
+    for s in range(0, len(records), step):
+        chunk = records[s : s + step]
+        payloads = [json.dumps(p) if p else "{}" for _, _, p in chunk] if any(p for _, _, p in chunk) else []
+        data = np.stack([c for _, c, _ in chunk]).astype("<f4").tobytes()  # type: ignore[misc]  # (n, d)
+        vectors = pb.VectorRecords(ids=[i for i, _, _ in chunk], data=data, payloads_json=payloads,
+                                   fingerprint=fingerprint)  # fmt: skip
+        yield pb.UpsertRequest(collection=collection, vectors=vectors)
 
 
 def to_vectors(response: pb.EmbedResponse) -> np.ndarray:
@@ -182,18 +201,46 @@ class TesseraClient:
         self.stub.DropCollection(pb.DropCollectionRequest(name=name), timeout=self.timeout_s)
 
     def upsert(
-        self, collection: str, records: Sequence[tuple[str, Query, dict | None]], fingerprint: str = ""
-    ) -> int:
+        self, collection: str, records: Sequence[tuple[str, Query, dict | None]], fingerprint: str = "",
+        batch_items: int = UPSERT_ITEMS, in_flight: int = UPSERT_IN_FLIGHT,
+    ) -> int:  # fmt: skip
         """records: (id, content, payload). Content: a text, an image (path, bytes, pixels) or a vector
-        (a 1-D float array). Durable when this returns."""
-        msgs = [
-            pb.Record(id=i, content=query_item(c, fingerprint), payload_json=json.dumps(p or {}))
-            for i, c, p in records
-        ]
-        reply = self.stub.Upsert(
-            pb.UpsertRequest(collection=collection, records=msgs), timeout=self.timeout_s
-        )
-        return reply.upserted
+        (a 1-D float array). Sent in requests of at most `batch_items` records and UPSERT_BYTES, up
+        to `in_flight` of them at once where the ids are distinct (else one at a time, so the last
+        record of an id wins). Durable when this returns; on an error, requests before it may be stored."""
+        window = in_flight if len({r[0] for r in records}) == len(records) else 1
+        pending: deque[grpc.Future] = deque()
+        upserted = 0
+        for request in self._upsert_requests(collection, records, fingerprint, batch_items):
+            pending.append(self.stub.Upsert.future(request, timeout=self.timeout_s))
+            if len(pending) >= window:
+                upserted += pending.popleft().result().upserted
+        while pending:
+            upserted += pending.popleft().result().upserted
+        return upserted
+
+    @staticmethod
+    def _upsert_requests(
+        collection: str, records: Sequence[tuple[str, Query, dict | None]], fingerprint: str, batch_items: int
+    ) -> Iterator[pb.UpsertRequest]:
+        if records and all(isinstance(c, np.ndarray) and c.ndim == 1 for _, c, _ in records):
+            yield from _packed_requests(collection, records, fingerprint, batch_items)
+            return
+        msgs: list[pb.Record] = []
+        size = 0
+        for record_id, content, payload in records:
+            msg = pb.Record(
+                id=record_id, content=query_item(content, fingerprint),
+                payload_json=json.dumps(payload) if payload else "{}",
+            )  # fmt: skip
+            nbytes = msg.ByteSize()
+            if msgs and (len(msgs) == batch_items or size + nbytes > UPSERT_BYTES):
+                yield pb.UpsertRequest(collection=collection, records=msgs)
+                msgs, size = [], 0
+            msgs.append(msg)
+            size += nbytes
+        if msgs:
+            yield pb.UpsertRequest(collection=collection, records=msgs)
 
     def delete(self, collection: str, ids: Sequence[str]) -> int:
         return self.stub.Delete(
@@ -203,7 +250,7 @@ class TesseraClient:
     def search(
         self, collection: str, query: Query, top_k: int = 10, nprobe: int = 0, fingerprint: str = ""
     ) -> list[tuple[str, float, dict]]:
-        """(id, cosine, payload) best first; nprobe = 0 searches exactly, else that many codebook lists."""
+        """(id, cosine, payload) best first; nprobe = 0: exact, else its nprobe best lists."""
         request = pb.SearchRequest(
             collection=collection, query=query_item(query, fingerprint), top_k=top_k, nprobe=nprobe
         )

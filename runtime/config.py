@@ -58,6 +58,7 @@ class ServeConfig:
     cpu_threads: int = 0  # ONNX Runtime intra-op threads per engine, 0 = its default (all cores)
     cpu_spin: bool = False  # let ONNX Runtime's threads spin-wait (faster alone; steals the event loop's CPU)
     preprocess_threads: int = 4  # image decode / tokenise pool
+    search_threads: int = 0  # searches scanning at once, one thread each (runtime/searcher.py); 0 = cores
     metrics_port: int = -1  # Prometheus /metrics HTTP port; -1 = off, 0 = a free one (logged)
     drain_s: float = 30.0  # on SIGTERM: how long in-flight requests may take to finish
     data_dir: str = "tessera-data"  # collections live here (write-ahead logs, snapshots, milvus-lite db)
@@ -90,6 +91,8 @@ class ServeConfig:
             )
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be ≥ 0, got {self.max_wait_ms}")
+        if self.search_threads < 0:
+            raise ValueError(f"search_threads must be ≥ 0 (0 = all cores), got {self.search_threads}")
 
 
 def _parse(kind: Any, raw: str, name: str) -> Any:

@@ -29,6 +29,7 @@ from runtime.service import (
     CollectionSummary,
     Embedded,
     EngineSummary,
+    PackedVectors,
     Query,
     Record,
     Service,
@@ -162,10 +163,17 @@ class Servicer(pb_grpc.TesseraServicer):
             Record(r.id, query_of(i, r.content, "record") if r.HasField("content") else None, r.payload_json)
             for i, r in enumerate(request.records)
         ]
+        v = request.vectors
+        packed = (
+            PackedVectors(v.ids, v.data, v.payloads_json, v.fingerprint)
+            if request.HasField("vectors")
+            else None
+        )
+        n = len(records) + (len(v.ids) if packed else 0)
         contents = [r.content for r in records if r.content is not None]
-        async with self.service.admit(len(records), wire_size(request), contents):
-            spent = await self.service.upsert(request.collection, records, deadline_of(context))
-        return pb.UpsertResponse(fingerprint=self.fingerprint, upserted=len(records), timings=timings(spent))
+        async with self.service.admit(n, wire_size(request), contents):
+            spent = await self.service.upsert(request.collection, records, deadline_of(context), packed)
+        return pb.UpsertResponse(fingerprint=self.fingerprint, upserted=n, timings=timings(spent))
 
     @rpc
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
@@ -222,9 +230,10 @@ class Servicer(pb_grpc.TesseraServicer):
 def query_of(index: int, item: pb.Item, what: str = "item") -> Query:
     """A message item as the service takes it: content, or a vector."""
     if item.HasField("vector"):
-        data = item.vector.data
-        usable = len(data) - len(data) % 4  # a ragged length is refused by the service, by its size
-        return Vector(np.frombuffer(data[:usable], dtype="<f4"), item.vector.fingerprint, len(data))
+        data = item.vector.data  # read in place: a ragged length is refused by the service, by its size
+        return Vector(
+            np.frombuffer(data, dtype="<f4", count=len(data) // 4), item.vector.fingerprint, len(data)
+        )
     return content_of(index, item, what)
 
 

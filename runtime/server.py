@@ -32,6 +32,7 @@ from runtime.embedder import Embedder
 from runtime.errors import StartError
 from runtime.footprint import return_freed_memory_to_the_os, trim
 from runtime.grpc_api import Servicer
+from runtime.index import scan
 from runtime.index.registry import Collections
 from runtime.keys import KeyFile
 from runtime.metrics import Metrics
@@ -98,6 +99,7 @@ async def serve(cfg: ServeConfig) -> int:
     metrics = Metrics()
     embedder = Embedder(bundle, cfg, metrics)
     service = Service(embedder, cfg, metrics)
+    scan.set_policy(service.searcher.threads)  # one BLAS thread; a scan shared by idle search threads
     server = grpc.aio.server(
         interceptors=[KeyCheck(keys, metrics)] if keys is not None else None,
         maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,  # beyond: RESOURCE_EXHAUSTED, message unread
@@ -175,6 +177,7 @@ async def serve(cfg: ServeConfig) -> int:
     if http is not None:
         await http[1]
     await embedder.close()
+    service.searcher.close()
     service.collections.close()  # snapshots the built-in collections
     log.info("stopped")
     return 0

@@ -32,10 +32,12 @@ from runtime.errors import InvalidInput, Unavailable
 from runtime.index.base import Hit, check_id, check_payload, check_top_k
 from runtime.index.registry import Collections
 from runtime.metrics import Metrics
+from runtime.searcher import Searcher
 from runtime.selfcheck import PrecisionCheck
 
 received: ContextVar[Reservation | None] = ContextVar("received", default=None)  # this call's budget share
 Codes = list[tuple[int, float]]  # (code id, cosine), best first
+MAX_NPROBE = 1 << 16  # lists a routed search may scan (a collection scans at most all it has)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,16 @@ class Record:
     id: str
     content: Query | None
     payload_json: str = ""
+
+
+@dataclass(frozen=True)
+class PackedVectors:
+    """Records given as vectors in one buffer: record i is ids[i], row i of data, payloads[i]."""
+
+    ids: Sequence[str]
+    data: bytes  # little-endian float32, len(ids) x d, row-major
+    payloads: Sequence[str] = ()  # empty, or one JSON text per id
+    fingerprint: str = ""  # "" = trust the caller
 
 
 @dataclass
@@ -127,6 +139,7 @@ class Service:
         self.collections: Collections | None = None  # opened (recovered) with the engines
         self.ready = False  # engines loaded and warmed
         self.draining = False
+        self.searcher = Searcher(cfg.search_threads)
         self.budget = Budget(cfg.max_inflight_mb * MB)
         self.streams = Budget(
             cfg.max_inflight_mb * MB // 2, "the half of the in-flight budget streams may hold"
@@ -234,7 +247,11 @@ class Service:
 
     # -- collections ---------------------------------------------------------------------------------
 
-    async def upsert(self, collection: str, records: Sequence[Record], deadline_s: float | None) -> Timings:
+    async def upsert(
+        self, collection: str, records: Sequence[Record], deadline_s: float | None,
+        packed: PackedVectors | None = None,
+    ) -> Timings:  # fmt: skip
+        """Stores `records`, then the `packed` ones (numbered after them in errors)."""
         t0 = time.perf_counter()
         target = self._collections().get(collection)
         ids = [check_id(i, r.id) for i, r in enumerate(records)]
@@ -245,10 +262,42 @@ class Service:
                 raise InvalidInput(f"record {i}: no content (set text, image, pixels or vector)")
             contents.append(r.content)
         vectors, scores, timings = await self.vectors(contents, deadline_s, "record")
+        if packed is not None and packed.ids:
+            ids += [check_id(len(records) + i, record_id) for i, record_id in enumerate(packed.ids)]
+            payloads += self.packed_payloads(len(records), packed)
+            more, more_scores = await asyncio.to_thread(self.packed_vectors, len(records), packed)
+            vectors, scores = np.concatenate([vectors, more]), np.concatenate([scores, more_scores])
+        if not ids:
+            raise InvalidInput("the request has no records")
         codes = scores.argmax(axis=1).astype(np.int32)  # (N,) the list each vector lives in
         await asyncio.to_thread(target.upsert, ids, vectors, codes, payloads)
         timings.total_ms = 1e3 * (time.perf_counter() - t0)
         return timings
+
+    @staticmethod
+    def packed_payloads(first: int, packed: PackedVectors) -> list[str]:
+        if not packed.payloads:
+            return ["{}"] * len(packed.ids)
+        if len(packed.payloads) != len(packed.ids):
+            raise InvalidInput(f"packed vectors: {len(packed.payloads)} payloads for {len(packed.ids)} ids")
+        return [check_payload(first + i, p) for i, p in enumerate(packed.payloads)]
+
+    def packed_vectors(self, first: int, packed: PackedVectors) -> tuple[np.ndarray, np.ndarray]:
+        """(unit vectors (N, d), code scores (N, K)) of packed vectors, checked as unit_vectors does."""
+        n, d = len(packed.ids), self.embedder.embed_dim
+        if packed.fingerprint and packed.fingerprint != self.embedder.fingerprint:
+            raise InvalidInput(
+                f"packed vectors from model {packed.fingerprint[:12]}…, this server serves "
+                f"{self.embedder.fingerprint[:12]}… (re-embed with this model)"
+            )
+        if len(packed.data) != 4 * n * d:
+            raise InvalidInput(
+                f"packed vectors: {len(packed.data):,} bytes for {n} ids; expected {n} x {d} float32 "
+                f"values ({4 * n * d:,} bytes)"
+            )
+        array = np.frombuffer(packed.data, dtype="<f4").reshape(n, d)  # (N, d), read in place
+        vectors = self.normalised(array, range(first, first + n), "record")
+        return vectors, self.embedder.vector_scores(vectors)
 
     async def delete(self, collection: str, ids: Sequence[str]) -> tuple[int, Timings]:
         t0 = time.perf_counter()
@@ -265,12 +314,10 @@ class Service:
             raise InvalidInput("the request has no items")
         target = self._collections().get(collection)
         k = check_top_k(top_k)
-        lists = self.embedder.codebook.shape[0]
-        if not 0 <= nprobe <= lists:
-            raise InvalidInput(f"nprobe {nprobe} is over the {lists} codebook lists (0 = exact search)")
+        if not 0 <= nprobe <= MAX_NPROBE:
+            raise InvalidInput(f"nprobe {nprobe} must be between 0 (exact search) and {MAX_NPROBE:,}")
         vectors, scores, timings = await self.vectors([query], deadline_s, "query")
-        probe = None if nprobe == 0 else top_codes(scores, nprobe)[0][0]  # (nprobe,)
-        hits, scored = await asyncio.to_thread(target.search, vectors[0], k, probe)
+        hits, scored = await self.searcher.search(target, vectors[0], k, nprobe, scores[0])
         timings.total_ms = 1e3 * (time.perf_counter() - t0)
         return Found(hits, scored, timings)
 
@@ -293,10 +340,8 @@ class Service:
         vectors = np.zeros((n, d), dtype=np.float32)  # (N, d)
         scores = np.zeros((n, self.embedder.codebook.shape[0]), dtype=np.float32)  # (N, K)
         given = [i for i, it in enumerate(items) if isinstance(it, Vector)]
-        for i in given:
-            vectors[i] = self.unit_vector(i, items[i], what)  # type: ignore[arg-type]
-        if given:
-            scores[given] = self.embedder.vector_scores(vectors[given])
+        if given:  # off the event loop, which meanwhile reads the next request (numpy frees the GIL)
+            vectors[given], scores[given] = await asyncio.to_thread(self.caller_vectors, given, items, what)
         content = [i for i in range(n) if not isinstance(items[i], Vector)]
         timings = Timings()
         if content:
@@ -305,28 +350,45 @@ class Service:
             timings = Timings(out.queue_ms, out.preprocess_ms, out.inference_ms)
         return vectors, scores, timings
 
-    def unit_vector(self, index: int, v: Vector, what: str) -> np.ndarray:
-        """A caller's vector, checked (dimension, model, finite, not zero) and L2-normalised. The
-        norm is taken in float64: in float32 a 1e30 vector's norm overflows to a zero vector and a
-        1e-30 one's underflows to zero."""
+    def caller_vectors(
+        self, given: list[int], items: Sequence[Query], what: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(unit vectors (G, d), code scores (G, K)) of the callers' vectors items[given]."""
+        vectors = self.unit_vectors(given, items, what)
+        return vectors, self.embedder.vector_scores(vectors)
+
+    def unit_vectors(self, given: list[int], items: Sequence[Query], what: str) -> np.ndarray:
+        """The callers' vectors items[given], checked (dimension, model, finite, not zero) and
+        L2-normalised, (G, d); the first bad one is named. The norms are taken in float64: in
+        float32 a 1e30 vector's norm overflows to a zero vector and a 1e-30 one's underflows to zero."""
         d = self.embedder.embed_dim
-        if v.fingerprint and v.fingerprint != self.embedder.fingerprint:
-            raise InvalidInput(
-                f"{what} {index}: vector from model {v.fingerprint[:12]}…, this server serves "
-                f"{self.embedder.fingerprint[:12]}… (re-embed with this model)"
-            )
-        if v.values.shape != (d,) or v.nbytes not in (-1, 4 * d):
-            sent = v.nbytes if v.nbytes >= 0 else 4 * v.values.size
-            raise InvalidInput(
-                f"{what} {index}: vector of {sent} bytes; expected {d} float32 values ({4 * d} bytes)"
-            )
-        array = v.values.astype(np.float64)  # (d,)
-        if not np.isfinite(array).all():
-            raise InvalidInput(f"{what} {index}: vector holds NaN or infinity")
-        norm = float(np.linalg.norm(array))
-        if norm == 0.0:
-            raise InvalidInput(f"{what} {index}: the zero vector has no direction")
-        return (array / norm).astype(np.float32)
+        for i in given:
+            v = items[i]
+            assert isinstance(v, Vector)
+            if v.fingerprint and v.fingerprint != self.embedder.fingerprint:
+                raise InvalidInput(
+                    f"{what} {i}: vector from model {v.fingerprint[:12]}…, this server serves "
+                    f"{self.embedder.fingerprint[:12]}… (re-embed with this model)"
+                )
+            if v.values.shape != (d,) or v.nbytes not in (-1, 4 * d):
+                sent = v.nbytes if v.nbytes >= 0 else 4 * v.values.size
+                raise InvalidInput(
+                    f"{what} {i}: vector of {sent} bytes; expected {d} float32 values ({4 * d} bytes)"
+                )
+        return self.normalised(np.stack([items[i].values for i in given]), given, what)  # type: ignore[union-attr]
+
+    @staticmethod
+    def normalised(vectors: np.ndarray, names: Sequence[int], what: str) -> np.ndarray:
+        """vectors (G, d) L2-normalised in float64, as float32; the first that is not finite or is
+        zero is refused, named by its index in `names`."""
+        array = vectors.astype(np.float64)  # (G, d)
+        finite = np.isfinite(array).all(axis=1)  # (G,)
+        if not finite.all():
+            raise InvalidInput(f"{what} {names[int(np.argmin(finite))]}: vector holds NaN or infinity")
+        norms = np.linalg.norm(array, axis=1)  # (G,)
+        if not norms.all():
+            raise InvalidInput(f"{what} {names[int(np.argmin(norms))]}: the zero vector has no direction")
+        return (array / norms[:, None]).astype(np.float32)
 
     def _collections(self) -> Collections:
         assert self.collections is not None, "opened before SERVING"

@@ -36,6 +36,9 @@ class Hit:
     code: int = -1  # the record's top code (its list in routed search); -1 where unknown
 
 
+Results = list[tuple[list[Hit], int]]  # per query: hits best first, how many vectors were scored
+
+
 class Collection(Protocol):
     spec: CollectionSpec
 
@@ -47,9 +50,10 @@ class Collection(Protocol):
         """Removes the records that exist; returns how many did."""
         ...
 
-    def search(self, query: np.ndarray, top_k: int, probe_codes: np.ndarray | None) -> tuple[list[Hit], int]:
-        """Top-k by inner product; only the lists of probe_codes when given (None = exact).
-        Returns the hits, best first, and how many vectors were scored."""
+    def search(self, queries: np.ndarray, top_k: int, nprobe: int, code_scores: np.ndarray) -> Results:
+        """Top-k by inner product for each query (Q, d), best first: exact where nprobe is 0, else over
+        the query's nprobe best lists, ranked with its codebook scores code_scores (Q, K). Returns,
+        per query, the hits and how many vectors were scored (-1 where the backend cannot say)."""
         ...
 
     def get(self, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:
@@ -82,7 +86,7 @@ def check_id(index: int, record_id: str) -> str:
 
 
 def check_payload(index: int, payload: str) -> str:
-    if not payload:
+    if not payload or payload == "{}":  # most records carry none: no parse
         return "{}"
     if len(payload.encode()) > MAX_PAYLOAD_BYTES:
         raise InvalidInput(

@@ -1,12 +1,29 @@
 """The built-in collection (the embedded default), laid out as an inverted file: one contiguous
-float32 array per codebook list, holding the vectors whose top code it is. Routed search reads only
-the `nprobe` probed lists (no gather, no copy); exact search reads every list. Durable through
-runtime/index/wal.py.
+float32 array per list, holding the vectors of one code of the learned codebook — or, once a code
+holds more than twice CELL_ROWS records, of one of its sub-lists. Routed search reads only the
+`nprobe` best lists (no gather, no copy); exact search reads every list. Durable through
+runtime/index/wal.py; scanned by runtime/index/scan.py.
+
+Routing: a record always lives under its top code (what Lookup answers, what a hit reports), so
+codes and search agree. The learned codebook is coarse (K codes for any size), so a list that grows
+past twice CELL_ROWS records is split by spherical k-means into sub-lists of about CELL_ROWS (a
+code's first split turns its one list into sub-lists); new records of a split code join its nearest
+sub-list. Every list keeps the sum of its vectors, so its centroid is the mean direction of what it
+holds now, not of what it held when it was made. A query ranks every list by its centroid and scans
+the `nprobe` best. Sub-lists are derived state: a snapshot stores codes only, and recovery splits
+again.
+
+A write is in the log before it is visible, and fsynced (`--fsync always`) before it is
+acknowledged; the fsync happens off the lock, so writers arriving together share one (group
+commit). A search may therefore see a write a moment before its writer is answered.
 
 Rows are dense: a delete moves the list's last row into the hole, so a search never skips
-tombstones. Every operation holds the collection's lock; the server calls them from worker threads
-(numpy releases the GIL in the products). Once a collection is dropped or closed, every operation
-on it raises NotFound: a write in flight to a dropped collection fails, and lands nowhere else.
+tombstones. Searches share a read lock and run at once; writes take it alone (runtime/index/rwlock.py).
+The server calls both from worker threads (the scan releases the GIL). Once a collection is dropped
+or closed, every operation on it raises NotFound: a write in flight to a dropped collection fails,
+and lands nowhere else.
+
+Memory: a list grows by GROWTH, not doubling, so the vectors' arrays hold at most that much slack.
 
 A snapshot is due when the log outgrows both `snapshot_bytes` and the last snapshot (so rewriting
 is amortised: at most about twice the data). It never holds the lock while it writes: under the
@@ -19,44 +36,65 @@ every record. Closing takes a last snapshot, so recovery replays a bounded log.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from runtime.errors import NotFound
-from runtime.index import wal
-from runtime.index.base import CollectionSpec, Hit, top_hits
+from runtime.index import scan, wal
+from runtime.index.base import CollectionSpec, Hit, Results, top_hits
+from runtime.index.rwlock import ReadWriteLock
+from runtime.index.scan import scores_into, scores_many
 
 log = logging.getLogger(__name__)
 
+CELL_ROWS = 256  # a list past twice this is split into lists of about this many vectors
+GROWTH = 1.25  # a list's capacity grows by this factor: bounded slack, amortised copies
+KMEANS_ROUNDS = 8
+BLOCK_ROWS = 1 << 16  # a batch of exact queries is scored this many vectors at a time
+
 
 class _List:
-    """The records of one codebook list: vectors[:n] (n, d), ids and payloads by row."""
+    """The records of one list: vectors[:n] (n, d), ids and payloads by row."""
 
-    def __init__(self, dim: int) -> None:
-        self.vectors = np.zeros((0, dim), dtype=np.float32)  # (capacity, d)
+    def __init__(self, code: int, dim: int, capacity: int = 0) -> None:
+        self.code = code
+        self.total = np.zeros(dim, dtype=np.float64)  # (d,) the sum of its vectors: its centroid's direction
+        self.vectors = np.zeros((capacity, dim), dtype=np.float32)  # (capacity, d)
         self.ids: list[str] = []
         self.payloads: list[str] = []
         self.shared = False  # rows [0, n) are being read by a snapshot: copy before overwriting them
 
-    def append(self, record_id: str, vector: np.ndarray, payload: str) -> int:
-        """Writes row n, past every shared row (or into a new array): a snapshot is not disturbed."""
-        row = len(self.ids)
-        if row == self.vectors.shape[0]:
-            grown = np.zeros((max(16, 2 * row), self.vectors.shape[1]), dtype=np.float32)
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self) -> np.ndarray:
+        return self.vectors[: len(self.ids)]  # (n, d), contiguous
+
+    def extend(self, ids: list[str], vectors: np.ndarray, payloads: list[str]) -> int:
+        """Appends rows n.. (past every shared row, or into a new array); returns n."""
+        row, need = len(self.ids), len(self.ids) + len(ids)
+        if need > self.vectors.shape[0]:
+            grown = np.empty((max(need, int(GROWTH * self.vectors.shape[0]), 16), self.vectors.shape[1]),
+                             dtype=np.float32)  # fmt: skip
             grown[:row] = self.vectors[:row]
-            self.vectors = grown
-        self.vectors[row] = vector
-        self.ids.append(record_id)
-        self.payloads.append(payload)
+            self.vectors, self.shared = grown, False
+        self.vectors[row:need] = vectors
+        self.total += vectors.sum(axis=0, dtype=np.float64)
+        self.ids.extend(ids)
+        self.payloads.extend(payloads)
         return row
 
     def remove(self, row: int) -> str | None:
         """Removes a row; returns the id of the row moved into its place, if any."""
         last = len(self.ids) - 1
         moved = None
+        self.total -= self.vectors[row]
         if row != last:
             if self.shared:  # the move overwrites a row the snapshot is reading
                 self.vectors, self.shared = self.vectors.copy(), False
@@ -67,10 +105,26 @@ class _List:
         self.payloads.pop()
         return moved
 
-    def freeze(self, code: int) -> wal.Part:
+    def freeze(self) -> wal.Part:
         """The list as it stands, for a snapshot; later writes leave what it holds untouched."""
         self.shared = True
-        return wal.Part(code, self.vectors[: len(self.ids)], list(self.ids), list(self.payloads))
+        return wal.Part(self.code, self.rows(), list(self.ids), list(self.payloads))
+
+
+def spherical_kmeans(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids (k, d) unit, assignment (n,)) of unit vectors x (n, d), k ≤ n."""
+    rng = np.random.default_rng(seed)
+    centroids = x[rng.choice(x.shape[0], k, replace=False)].copy()  # (k, d)
+    members = np.arange(x.shape[0])
+    for _ in range(KMEANS_ROUNDS):
+        assign = (x @ centroids.T).argmax(axis=1)  # (n,)
+        onehot = np.zeros((k, x.shape[0]), dtype=np.float32)
+        onehot[assign, members] = 1.0
+        sums = onehot @ x  # (k, d)
+        norms = np.linalg.norm(sums, axis=1)
+        alive = norms > 0  # an emptied centroid keeps its place
+        centroids[alive] = sums[alive] / norms[alive, None]
+    return centroids, (x @ centroids.T).argmax(axis=1)
 
 
 class BuiltinCollection:
@@ -79,8 +133,12 @@ class BuiltinCollection:
         repair: bool = False,
     ) -> None:  # fmt: skip
         self.spec, self.root, self.fsync, self.snapshot_bytes = spec, root, fsync, snapshot_bytes
-        self.lock = threading.RLock()
-        self.lists = [_List(spec.dim) for _ in range(spec.codebook_size)]
+        self.lock = ReadWriteLock()
+        self.lists = [_List(c, spec.dim) for c in range(spec.codebook_size)]
+        self.by_code = [[c] for c in range(spec.codebook_size)]  # code -> its lists
+        self.list_codes = np.arange(spec.codebook_size)  # (L,) list -> code
+        self.centroids = np.zeros((spec.codebook_size, spec.dim), dtype=np.float32)  # (L, d) unit, 0 if empty
+        self.empty = np.ones(spec.codebook_size, dtype=bool)  # (L,) holds no record
         self.where: dict[str, tuple[int, int]] = {}  # id -> (list, row)
         self.closed = False
         self.cancel = threading.Event()  # a drop stops a snapshot being written
@@ -93,82 +151,156 @@ class BuiltinCollection:
     # -- the Collection protocol ------------------------------------------------------------------
 
     def upsert(self, ids: list[str], vectors: np.ndarray, codes: np.ndarray, payloads: list[str]) -> None:
-        with self.lock:
+        with self.lock.write():
             self._check_open()
             op = wal.Op(wal.UPSERT, ids, codes.astype(np.int32), vectors.astype(np.float32), payloads)
-            self.log.append(op)  # durable first, then visible
+            log, end = self.log, self.log.append(op)  # written first, then visible
             self._apply(op)
             self._maybe_snapshot()
+        log.sync(end)  # durable before it is acknowledged; off the lock, so writers share fsyncs
 
     def delete(self, ids: list[str]) -> int:
-        with self.lock:
+        with self.lock.write():
             self._check_open()
             present = [i for i in dict.fromkeys(ids) if i in self.where]
-            if present:
-                op = wal.Op(wal.DELETE, present)
-                self.log.append(op)
-                self._apply(op)
-                self._maybe_snapshot()
-            return len(present)
+            if not present:
+                return 0
+            op = wal.Op(wal.DELETE, present)
+            log, end = self.log, self.log.append(op)
+            self._apply(op)
+            self._maybe_snapshot()
+        log.sync(end)
+        return len(present)
 
-    def search(self, query: np.ndarray, top_k: int, probe_codes: np.ndarray | None) -> tuple[list[Hit], int]:
-        with self.lock:
+    def search(self, queries: np.ndarray, top_k: int, nprobe: int, code_scores: np.ndarray) -> Results:
+        """Per query (Q, d) unit: its top_k by inner product, over every list (nprobe 0) or its nprobe
+        best lists by centroid (the codebook scores are not needed: every list has its centroid)."""
+        with self.lock.read():
             self._check_open()
-            probed = range(len(self.lists)) if probe_codes is None else [int(c) for c in probe_codes]
-            parts = [(c, self.lists[c]) for c in probed if self.lists[c].ids]
-            if not parts:
-                return [], 0
-            scores = np.concatenate([lst.vectors[: len(lst.ids)] @ query for _, lst in parts])  # (m,)
-            ends = np.cumsum([len(lst.ids) for _, lst in parts])  # where each list's scores end
-            best, best_scores = top_hits(scores, None, top_k)
-            hits = []
-            for position, score in zip(best.tolist(), best_scores.tolist(), strict=True):
-                part = int(np.searchsorted(ends, position, side="right"))
-                code, lst = parts[part]
-                row = position - (int(ends[part - 1]) if part else 0)
-                hits.append(Hit(lst.ids[row], float(score), lst.payloads[row], code))
-            return hits, int(scores.shape[0])
+            if nprobe == 0 and queries.shape[0] > 1:
+                return self._exact_batch(queries, top_k)
+            out = []
+            for q in queries:
+                probed = self._route(q, nprobe) if nprobe else range(len(self.lists))
+                out.append(self._scan(np.ascontiguousarray(q, dtype=np.float32), top_k, probed))
+            return out
 
     def get(self, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:
-        with self.lock:
+        with self.lock.read():
             self._check_open()
             out = {}
             for i in ids:
                 if i in self.where:
-                    c, row = self.where[i]
-                    out[i] = (self.lists[c].vectors[row].copy(), self.lists[c].payloads[row])
+                    li, row = self.where[i]
+                    out[i] = (self.lists[li].vectors[row].copy(), self.lists[li].payloads[row])
             return out
 
     def count(self) -> int:
         return len(self.where)
 
+    def list_sizes(self) -> np.ndarray:
+        """(L,) records per list: how balanced the routing is."""
+        with self.lock.read():
+            return np.array([len(lst) for lst in self.lists])
+
     def close(self) -> None:
         """Waits for a snapshot being written, then takes a last one where the logs hold anything
         it does not; a failure to write it is logged, and the logs are kept."""
-        self._wait_for_snapshot()
-        with self.lock:
+        self.wait_for_snapshot()
+        with self.lock.write():
             if self.closed:
                 return
             self.closed = True
             self.log.close()
             if self.log.size > 0 or self.generation > max(self.base, 0):
                 nxt = self.generation + 1
-                parts = [lst.freeze(c) for c, lst in enumerate(self.lists) if lst.ids]
-                self._write_snapshot(nxt, parts)
+                self._write_snapshot(nxt, [lst.freeze() for lst in self.lists if lst.ids])
 
     def destroy(self) -> None:
         """Closes without a snapshot (the collection is being dropped); writes after it raise NotFound."""
         self.cancel.set()
-        self._wait_for_snapshot()
-        with self.lock:
+        self.wait_for_snapshot()
+        with self.lock.write():
             self.closed = True
             self.log.close()
 
-    # -- state ------------------------------------------------------------------------------------
+    # -- search -----------------------------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self.closed:
             raise NotFound(f"collection {self.spec.name!r} was dropped")
+
+    def _route(self, query: np.ndarray, nprobe: int) -> list[int]:
+        """The nprobe best lists for a query, best first."""
+        scores = self.centroids @ query  # (L,)
+        scores[self.empty] = -np.inf  # a probe is never spent on an empty list
+        n = min(nprobe, scores.shape[0])
+        best = np.argpartition(-scores, n - 1)[:n] if n < scores.shape[0] else np.arange(n)
+        return best[np.argsort(-scores[best], kind="stable")].tolist()
+
+    def _scan(self, query: np.ndarray, top_k: int, probed: range | list[int]) -> tuple[list[Hit], int]:
+        parts = [li for li in probed if self.lists[li].ids]
+        ends = np.cumsum([len(self.lists[li]) for li in parts], dtype=np.int64)  # where each list ends
+        if not parts:
+            return [], 0
+        starts = [0, *ends[:-1].tolist()]
+        scores = np.empty(int(ends[-1]), dtype=np.float32)  # (m,)
+
+        def chunk(first: int, stop: int) -> Callable[[], None]:
+            def run() -> None:
+                for j in range(first, stop):
+                    scores_into(scores[starts[j] : ends[j]], self.lists[parts[j]].rows(), query)
+
+            return run
+
+        cuts = [0, *np.flatnonzero(np.diff(ends // scan.CHUNK_ROWS)) + 1, len(parts)]  # about CHUNK_ROWS each
+        scan.pool.run([chunk(a, b) for a, b in itertools.pairwise(cuts) if b > a])
+        best, best_scores = top_hits(scores, None, top_k)
+        part = np.searchsorted(ends, best, side="right")  # (k,) which list each hit is in
+        rows = best - np.concatenate([[0], ends])[part]
+        found = zip(part.tolist(), rows.tolist(), best_scores.tolist(), strict=True)
+        hits = [self._hit(parts[p], row, score) for p, row, score in found]
+        return hits, int(ends[-1])
+
+    def _exact_batch(self, queries: np.ndarray, top_k: int) -> Results:
+        """Exact search for queries that came together: each block of vectors is read once, for all
+        of them (BLAS sgemm), and merged into a running top-k per query."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)  # (Q, d)
+        parts = [li for li, lst in enumerate(self.lists) if lst.ids]
+        total = sum(len(self.lists[li]) for li in parts)
+        k = min(top_k, total)
+        best_scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)  # (Q, k)
+        best_list = np.zeros((q.shape[0], k), dtype=np.int64)  # (Q, k)
+        best_row = np.zeros((q.shape[0], k), dtype=np.int64)  # (Q, k)
+        block: list[int] = []
+        for i, li in enumerate(parts):
+            block.append(li)
+            if i + 1 < len(parts) and sum(len(self.lists[b]) for b in block) < BLOCK_ROWS:
+                continue
+            sizes = np.array([len(self.lists[b]) for b in block])
+            starts = np.concatenate([[0], np.cumsum(sizes)])
+            scores = np.concatenate([scores_many(self.lists[b].rows(), q) for b in block], axis=1)  # (Q, m)
+            pool = np.concatenate([best_scores, scores], axis=1)  # (Q, k + m)
+            top = np.argpartition(-pool, k - 1, axis=1)[:, :k]  # (Q, k)
+            fresh = top >= k  # from this block, not the running best
+            pos = np.where(fresh, top - k, 0)
+            part = np.searchsorted(starts, pos, side="right") - 1  # (Q, k)
+            old = np.minimum(top, k - 1)
+            best_list = np.where(fresh, np.asarray(block)[part], np.take_along_axis(best_list, old, axis=1))
+            best_row = np.where(fresh, pos - starts[part], np.take_along_axis(best_row, old, axis=1))
+            best_scores = np.take_along_axis(pool, top, axis=1)
+            block = []
+        out = []
+        for s, lists, rows in zip(best_scores, best_list, best_row, strict=True):
+            order = np.argsort(-s, kind="stable")
+            out.append(([self._hit(int(lists[j]), int(rows[j]), float(s[j])) for j in order], total))
+        return out
+
+    def _hit(self, li: int, row: int, score: float) -> Hit:
+        lst = self.lists[li]
+        return Hit(lst.ids[row], score, lst.payloads[row], lst.code)
+
+    # -- state ------------------------------------------------------------------------------------
 
     def _apply(self, op: wal.Op) -> None:
         if op.kind == wal.DELETE:
@@ -176,19 +308,74 @@ class BuiltinCollection:
                 self._remove(record_id)
             return
         assert op.vectors is not None and op.codes is not None and op.payloads is not None
-        for i, record_id in enumerate(op.ids):
+        last = {record_id: i for i, record_id in enumerate(op.ids)}  # a repeated id: the last one wins
+        for record_id in last:
             self._remove(record_id)
-            code = int(op.codes[i])
-            self.where[record_id] = (code, self.lists[code].append(record_id, op.vectors[i], op.payloads[i]))
+        keep = np.fromiter(last.values(), dtype=np.int64, count=len(last))
+        keep = keep[np.argsort(op.codes[keep], kind="stable")]  # grouped by code
+        codes = op.codes[keep]
+        bounds = np.flatnonzero(np.diff(codes)) + 1
+        for group in np.split(keep, bounds):
+            if group.size:
+                self._add(int(op.codes[group[0]]), group, op)
+
+    def _add(self, code: int, group: np.ndarray, op: wal.Op) -> None:
+        """Appends the records `group` of op, all of this code, to the code's lists."""
+        assert op.vectors is not None and op.payloads is not None
+        lists = self.by_code[code]
+        if len(lists) == 1:
+            targets = np.zeros(group.size, dtype=np.int64)
+        else:
+            targets = (op.vectors[group] @ self.centroids[lists].T).argmax(axis=1)  # (n,) nearest sub-list
+        for t in np.unique(targets).tolist():
+            rows = group[targets == t]
+            ids, payloads = [op.ids[i] for i in rows.tolist()], [op.payloads[i] for i in rows.tolist()]
+            first = self.lists[lists[t]].extend(ids, op.vectors[rows], payloads)
+            self.where.update(zip(ids, [(lists[t], first + j) for j in range(len(ids))], strict=True))
+            self._recentre(lists[t])
+        for li in lists[:]:
+            if len(self.lists[li]) > 2 * CELL_ROWS:
+                self._split(li)
+
+    def _split(self, li: int) -> None:
+        """Splits a list grown past twice CELL_ROWS into sub-lists of about CELL_ROWS (k-means): it
+        keeps the first, its code gains the others. The code's other lists are untouched."""
+        old = self.lists[li]
+        vectors, ids, payloads = old.rows(), old.ids, old.payloads
+        k = math.ceil(len(ids) / CELL_ROWS)
+        _, assign = spherical_kmeans(vectors, k, seed=li)
+        new = [li, *range(len(self.lists), len(self.lists) + k - 1)]
+        self.lists.extend([old] * (k - 1))  # placeholders, replaced below
+        self.list_codes = np.concatenate([self.list_codes, np.full(k - 1, old.code)])
+        self.centroids = np.concatenate([self.centroids, np.zeros((k - 1, self.spec.dim), np.float32)])
+        for j, target in enumerate(new):
+            rows = np.flatnonzero(assign == j)
+            lst = _List(old.code, self.spec.dim, capacity=int(GROWTH * rows.size))
+            lst.extend([ids[r] for r in rows.tolist()], vectors[rows], [payloads[r] for r in rows.tolist()])
+            self.lists[target] = lst  # a snapshot keeps the old list's arrays
+            self.where.update(zip(lst.ids, [(target, r) for r in range(len(lst))], strict=True))
+        self.by_code[old.code] = [*self.by_code[old.code], *new[1:]]
+        for target in new:
+            self._recentre(target)
+
+    def _recentre(self, li: int) -> None:
+        """The list's routing centroid, from the sum of what it holds."""
+        total = self.lists[li].total
+        norm = float(np.linalg.norm(total))
+        self.centroids[li] = total / norm if norm > 1e-6 else 0.0
+        if li >= self.empty.shape[0]:
+            self.empty = np.concatenate([self.empty, np.ones(li + 1 - self.empty.shape[0], dtype=bool)])
+        self.empty[li] = not self.lists[li].ids
 
     def _remove(self, record_id: str) -> None:
         found = self.where.pop(record_id, None)
         if found is None:
             return
-        code, row = found
-        moved = self.lists[code].remove(row)
+        li, row = found
+        moved = self.lists[li].remove(row)
         if moved is not None:
-            self.where[moved] = (code, row)
+            self.where[moved] = (li, row)
+        self._recentre(li)
 
     # -- durability -------------------------------------------------------------------------------
 
@@ -237,7 +424,7 @@ class BuiltinCollection:
             return
         self.log.close()
         self.log, self.generation = fresh, nxt
-        parts = [lst.freeze(c) for c, lst in enumerate(self.lists) if lst.ids]
+        parts = [lst.freeze() for lst in self.lists if lst.ids]
         self.snapshotting = threading.Thread(
             target=self._write_snapshot, args=(nxt, parts), name=f"snapshot-{self.spec.name}", daemon=True
         )
@@ -252,7 +439,7 @@ class BuiltinCollection:
             done = False
             log.warning("collection %s: %s not written (%s); the logs still hold every record",
                         self.spec.name, path.name, e)  # fmt: skip
-        with self.lock:
+        with self.lock.write():
             for lst in self.lists:
                 lst.shared = False
             if not done:
@@ -261,7 +448,7 @@ class BuiltinCollection:
         for older in wal.chain(self.root).stale:
             older.unlink(missing_ok=True)
 
-    def _wait_for_snapshot(self) -> None:
+    def wait_for_snapshot(self) -> None:
         thread = self.snapshotting
         if thread is not None:
             thread.join()

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import MissingDependency, NotFound
-from runtime.index.base import CollectionSpec, Hit
+from runtime.index.base import CollectionSpec, Hit, Results
 
 HINT = "Milvus collections need pymilvus: `pip install 'tessera-embed[milvus]'` (pymilvus + milvus-lite)"
 NUM_PARTITIONS = 64  # physical partitions the code key hashes into
@@ -69,22 +69,27 @@ class MilvusCollection:
                 self.client.delete(self.spec.name, ids=[r["id"] for r in present])
             return len(present)
 
-    def search(self, query: np.ndarray, top_k: int, probe_codes: np.ndarray | None) -> tuple[list[Hit], int]:
-        kwargs: dict[str, Any] = {}
-        if probe_codes is not None:
-            kwargs["filter"] = f"code in [{', '.join(str(int(c)) for c in probe_codes)}]"
-        with self.lock:
-            self._check_open()
-            result = self.client.search(
-                self.spec.name, data=[query.tolist()], limit=top_k, output_fields=["payload", "code"],
-                search_params={"metric_type": "IP"}, **kwargs,
-            )  # fmt: skip
-        hits = [
-            Hit(str(r["id"]), float(r["distance"]), json.dumps(e["payload"]), int(e["code"]))
-            for r in result[0]
-            for e in [r["entity"]]
-        ]
-        return hits, -1  # Milvus does not report how many vectors it scored
+    def search(self, queries: np.ndarray, top_k: int, nprobe: int, code_scores: np.ndarray) -> Results:
+        """Per query: Milvus's own index, filtered to the query's nprobe best codes where nprobe > 0."""
+        out: Results = []
+        for query, scores in zip(queries, code_scores, strict=True):
+            kwargs: dict[str, Any] = {}
+            if nprobe:
+                probe = np.argsort(-scores, kind="stable")[:nprobe]  # (nprobe,) best codes first
+                kwargs["filter"] = f"code in [{', '.join(str(int(c)) for c in probe)}]"
+            with self.lock:
+                self._check_open()
+                result = self.client.search(
+                    self.spec.name, data=[query.tolist()], limit=top_k, output_fields=["payload", "code"],
+                    search_params={"metric_type": "IP"}, **kwargs,
+                )  # fmt: skip
+            hits = [
+                Hit(str(r["id"]), float(r["distance"]), json.dumps(e["payload"]), int(e["code"]))
+                for r in result[0]
+                for e in [r["entity"]]
+            ]
+            out.append((hits, -1))  # Milvus does not report how many vectors it scored
+        return out
 
     def get(self, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:
         with self.lock:

@@ -10,7 +10,8 @@ missing snapshot or log stops the start with the missing file named. Files of ge
 are leftovers of an interrupted clean-up and are removed.
 
 A write is appended as one framed record with one `write()`, then fsynced by policy before the
-caller is answered: `always` (each write; survives power loss), `interval` (a background fsync every
+caller is answered: `always` (every write; writers waiting together share one fsync; survives
+power loss), `interval` (a background fsync every
 interval; survives `kill -9`, may lose the last interval on power loss), `never` (the OS decides).
 A write that finds the disk full is undone (the file cut back) and raises DiskFull.
 
@@ -131,7 +132,10 @@ def _no_space(path: Path, e: OSError) -> DiskFull:
 
 
 class Log:
-    """The open log of one generation; `append` is durable per the fsync policy when it returns."""
+    """The open log of one generation. `append` writes a record (the caller holds the collection's
+    lock, so records are in the order they apply); `sync(end)` then makes it durable per the fsync
+    policy. With `always`, writers that wait in `sync` together share one fsync (group commit):
+    the first one in syncs everything written so far, and the others find their records covered."""
 
     def __init__(self, path: Path, fsync: str, interval_ms: float = 100.0) -> None:
         if fsync not in FSYNC:
@@ -142,13 +146,16 @@ class Log:
         if new:  # the file's name is durable too, not only its bytes
             fsync_dir(path.parent)
         self.size = os.fstat(self.fd).st_size
+        self.synced = self.size  # bytes known to be on disk
+        self.sync_lock = threading.Lock()
         self.dirty = False
         self.closed = threading.Event()
         if fsync == "interval":
             threading.Thread(target=self._sync_every, args=(interval_ms / 1000,), daemon=True).start()
 
-    def append(self, op: Op) -> None:
-        """Appends one record; on any failure the file is cut back to where it was and nothing applies."""
+    def append(self, op: Op) -> int:
+        """Writes one record and returns where it ends; on a failure the file is cut back to where
+        it was and nothing applies."""
         record = encode(op)
         try:
             written = os.write(self.fd, record)
@@ -156,8 +163,6 @@ class Log:
                 raise OSError(
                     errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} after {written} of {len(record)} bytes"
                 )
-            if self.fsync == "always":
-                os.fsync(self.fd)
         except OSError as e:
             os.ftruncate(self.fd, self.size)
             if e.errno in NO_SPACE:
@@ -165,6 +170,18 @@ class Log:
             raise
         self.size += len(record)
         self.dirty = self.fsync != "always"
+        return self.size
+
+    def sync(self, end: int) -> None:
+        """Returns once bytes [0, end) are durable per the policy (at once unless `always`)."""
+        if self.fsync != "always":
+            return
+        with self.sync_lock:
+            if self.synced >= end or self.closed.is_set():  # covered by another's fsync, or by close()
+                return
+            upto = self.size  # every record written so far, theirs too
+            os.fsync(self.fd)
+            self.synced = upto
 
     def _sync_every(self, interval_s: float) -> None:
         while not self.closed.wait(interval_s):
@@ -176,13 +193,15 @@ class Log:
                     log.error("%s: background fsync failed: %s", self.path, e)
 
     def close(self) -> None:
-        if self.closed.is_set():
-            return
-        self.closed.set()
-        try:
-            os.fsync(self.fd)
-        finally:
-            os.close(self.fd)
+        with self.sync_lock:
+            if self.closed.is_set():
+                return
+            self.closed.set()
+            try:
+                os.fsync(self.fd)
+                self.synced = self.size
+            finally:
+                os.close(self.fd)
 
 
 @dataclass(frozen=True)

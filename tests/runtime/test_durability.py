@@ -22,7 +22,7 @@ from runtime.errors import CorruptData, DiskFull, NotFound
 from runtime.index import wal
 from runtime.index.builtin import BuiltinCollection
 from runtime.index.registry import Collections
-from tests.runtime.test_index import D, K, data, spec, write_three
+from tests.runtime.test_index import D, K, data, search, spec, write_three
 
 pytestmark = pytest.mark.integration  # starts processes, trains or exports (tests/conftest.py)
 
@@ -47,7 +47,7 @@ def test_a_write_to_a_dropped_collection_fails_and_lands_nowhere(tmp_path: Path)
     with pytest.raises(NotFound, match="collection 'a' was dropped"):
         a.upsert(ids, vectors, codes, payloads)
     with pytest.raises(NotFound):
-        a.search(vectors[0], 3, None)
+        search(a, vectors[0], 3)
     assert b.count() == 0
     reg.close()
     assert Collections(tmp_path, D, K, FP).get("b").count() == 0
@@ -121,7 +121,7 @@ def snapshotted(root: Path, more: bool) -> tuple[Path, int]:
     ids, vectors, codes, payloads = data(60)
     c = BuiltinCollection(spec(), root, snapshot_bytes=2_000)
     c.upsert(ids[:40], vectors[:40], codes[:40], payloads[:40])
-    c._wait_for_snapshot()
+    c.wait_for_snapshot()
     if more:
         c.upsert(ids[40:], vectors[40:], codes[40:], payloads[40:])
     c.log.close()
@@ -204,7 +204,7 @@ def test_renames_and_new_files_are_made_durable_in_their_directories(
     c.snapshot_bytes = 500
     ids, vectors, codes, payloads = data(20)
     c.upsert(ids, vectors, codes, payloads)  # a new generation: a new log file
-    c._wait_for_snapshot()
+    c.wait_for_snapshot()
     assert str(root / "c") in synced
     synced.clear()
     reg.drop("c")
@@ -277,14 +277,14 @@ def test_searches_and_writes_do_not_wait_for_a_snapshot(
         assert not trigger.is_alive(), "the upsert that made a snapshot due waited for it"
         assert started.wait(5)
         t0 = time.perf_counter()
-        c.search(vectors[0], 5, None)
+        search(c, vectors[0], 5)
         c.delete(ids[:50])  # rows move within the shared lists
         c.upsert(ids[200:], vectors[200:], codes[200:], payloads[200:])
         c.upsert(ids[60:70], vectors[300:310], codes[300:310], ['{"v": 2}'] * 10)
         assert time.perf_counter() - t0 < 2.0
     finally:
         release.set()
-    c._wait_for_snapshot()
+    c.wait_for_snapshot()
     want = state(c)
     c.log.close()  # a crash after the snapshot: its generation's log replays on top
     assert state(BuiltinCollection(spec(), tmp_path)) == want

@@ -12,7 +12,7 @@ import pytest
 
 from runtime.errors import AlreadyExists, InvalidInput, NotFound
 from runtime.index import wal
-from runtime.index.base import CollectionSpec
+from runtime.index.base import Collection, CollectionSpec, Hit
 from runtime.index.builtin import BuiltinCollection
 from runtime.index.registry import Collections
 
@@ -35,6 +35,15 @@ def brute_force(vectors: np.ndarray, ids: list[str], query: np.ndarray, k: int) 
     return [ids[i] for i in order[:k]]
 
 
+def search(c: Collection, q: np.ndarray, k: int, probe: list[int] | None = None) -> tuple[list[Hit], int]:
+    """One query: exact, or over len(probe) lists; the codes in `probe` rank first by codebook score
+    (what Milvus filters by; the built-in index ranks its lists by their centroids)."""
+    scores = np.full(K, -1.0, dtype=np.float32)  # (K,)
+    if probe is not None:
+        scores[probe] = np.linspace(1.0, 0.5, len(probe))
+    return c.search(q[None], k, 0 if probe is None else len(probe), scores[None])[0]
+
+
 def spec(name: str = "c", backend: str = "builtin") -> CollectionSpec:
     return CollectionSpec(name, backend, D, K, "f" * 64)
 
@@ -44,21 +53,22 @@ def test_builtin_exact_search_equals_brute_force(tmp_path: Path) -> None:
     c = BuiltinCollection(spec(), tmp_path)
     c.upsert(ids, vectors, codes, payloads)
     for q in data(5, seed=1)[1]:
-        hits, scored = c.search(q, 10, None)
+        hits, scored = search(c, q, 10)
         assert [h.id for h in hits] == brute_force(vectors, ids, q, 10)
         assert scored == 500
         assert json.loads(hits[0].payload) == {"i": int(hits[0].id[1:])}
         assert [h.code for h in hits] == [int(codes[int(h.id[1:])]) for h in hits]  # each its own list
 
 
-def test_routed_search_scores_only_the_probed_lists(tmp_path: Path) -> None:
+def test_routed_search_scores_only_the_lists_nearest_the_query(tmp_path: Path) -> None:
     ids, vectors, codes, payloads = data(400)
     c = BuiltinCollection(spec(), tmp_path)
     c.upsert(ids, vectors, codes, payloads)
     q = data(1, seed=2)[1][0]
-    probe = np.array([1, 5])
-    hits, scored = c.search(q, 10, probe)
-    inside = [i for i in range(400) if codes[i] in (1, 5)]
+    means = np.stack([vectors[codes == k].sum(axis=0) for k in range(K)])  # (K, d) each list's centroid
+    nearest = np.argsort(-(means / np.linalg.norm(means, axis=1, keepdims=True)) @ q)[:2].tolist()
+    hits, scored = search(c, q, 10, [0, 1])  # two lists; which two is the collection's choice
+    inside = [i for i in range(400) if codes[i] in nearest]
     assert scored == len(inside)
     assert [h.id for h in hits] == brute_force(vectors[inside], [ids[i] for i in inside], q, 10)
 
@@ -73,7 +83,7 @@ def test_upsert_replaces_and_delete_removes(tmp_path: Path) -> None:
     assert np.array_equal(got[0], vectors[7]) and got[1] == '{"new": true}'
     assert c.delete(["r0", "r0", "nope", "r49"]) == 2
     assert c.count() == 48 and set(c.get(["r0", "r49", "r1"])) == {"r1"}
-    hits, _ = c.search(vectors[1], 48, None)
+    hits, _ = search(c, vectors[1], 48)
     assert {h.id for h in hits} == set(ids) - {"r0", "r49"}
 
 
@@ -82,7 +92,7 @@ def test_log_replays_after_a_crash_and_snapshots_compact_it(tmp_path: Path) -> N
     c = BuiltinCollection(spec(), tmp_path, snapshot_bytes=10_000)  # forces several generations
     for i in range(0, 300, 20):
         c.upsert(ids[i : i + 20], vectors[i : i + 20], codes[i : i + 20], payloads[i : i + 20])
-        c._wait_for_snapshot()  # one at a time: let each finish, as a slower writer would
+        c.wait_for_snapshot()  # one at a time: let each finish, as a slower writer would
     c.delete(ids[:10])
     assert c.generation > 1
     c.log.close()  # a crash: no closing snapshot
@@ -158,10 +168,10 @@ def test_milvus_exact_search_equals_brute_force(tmp_path: Path) -> None:
     c.upsert(ids, vectors, codes, payloads)
     assert c.count() == 300
     for q in data(3, seed=1)[1]:
-        hits, _ = c.search(q, 10, None)
+        hits, _ = search(c, q, 10)
         assert [h.id for h in hits] == brute_force(vectors, ids, q, 10)
         assert [h.code for h in hits] == [int(codes[int(h.id[1:])]) for h in hits]
-    routed, _ = c.search(q, 10, np.array([2]))
+    routed, _ = search(c, q, 10, [2])
     inside = [i for i in range(300) if codes[i] == 2]
     assert [h.id for h in routed] == brute_force(vectors[inside], [ids[i] for i in inside], q, 10)
     assert c.delete(["r1", "nope"]) == 1 and c.count() == 299

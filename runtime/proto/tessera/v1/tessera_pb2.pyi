@@ -209,12 +209,26 @@ class Record(_message.Message):
     def __init__(self, id: _Optional[str] = ..., content: _Optional[_Union[Item, _Mapping]] = ..., payload_json: _Optional[str] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
-    __slots__ = ("collection", "records")
+    __slots__ = ("collection", "records", "vectors")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     records: _containers.RepeatedCompositeFieldContainer[Record]
-    def __init__(self, collection: _Optional[str] = ..., records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ...) -> None: ...
+    vectors: VectorRecords
+    def __init__(self, collection: _Optional[str] = ..., records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., vectors: _Optional[_Union[VectorRecords, _Mapping]] = ...) -> None: ...
+
+class VectorRecords(_message.Message):
+    __slots__ = ("ids", "data", "payloads_json", "fingerprint")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    PAYLOADS_JSON_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    data: bytes
+    payloads_json: _containers.RepeatedScalarFieldContainer[str]
+    fingerprint: str
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., data: _Optional[bytes] = ..., payloads_json: _Optional[_Iterable[str]] = ..., fingerprint: _Optional[str] = ...) -> None: ...
 
 class UpsertResponse(_message.Message):
     __slots__ = ("fingerprint", "upserted", "timings")
