@@ -12,6 +12,7 @@ python -m runtime.client --help        # the command line over the whole API (ru
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -105,16 +106,45 @@ class _Key(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor)
         return continuation(self._with_key(details), requests)
 
 
+# Calls go round robin over every address of the target; one answered UNAVAILABLE (a replica
+# draining, gone or not yet ready) is retried on the next. Every RPC but CreateCollection and
+# DropCollection is idempotent, and those two are refused rather than doubled.
+SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{
+        "name": [{"service": "tessera.v1.Tessera"}],
+        "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.05s", "maxBackoff": "1s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+    }],
+})  # fmt: skip
+
+
+def channel_target(target: str | Sequence[str]) -> str:
+    """A gRPC target for one address, a `dns:///name:port` (every address the name resolves to, as
+    a Kubernetes headless Service gives), or several IP:port addresses (a list, or comma-separated)."""
+    parts = [t.strip() for t in (target.split(",") if isinstance(target, str) else target) if t.strip()]
+    if len(parts) == 1:
+        return parts[0]
+    if not all(re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}:\d+", p) for p in parts):
+        raise ValueError(
+            f"several targets must be IPv4 address:port each (for names use dns:///name:port): {parts}"
+        )
+    return "ipv4:" + ",".join(parts)
+
+
 class TesseraClient:
     def __init__(
-        self, target: str = "127.0.0.1:50051", timeout_s: float = 30.0, max_message_mb: int = 64,
-        tls_ca: PathLike | None = None, tls_cert: PathLike | None = None, tls_key: PathLike | None = None,
-        api_key: str | None = None,
+        self, target: str | Sequence[str] = "127.0.0.1:50051", timeout_s: float = 30.0,
+        max_message_mb: int = 64, tls_ca: PathLike | None = None, tls_cert: PathLike | None = None,
+        tls_key: PathLike | None = None, api_key: str | None = None,
     ) -> None:  # fmt: skip
-        """`tls_ca` (the server's CA) makes the channel TLS; `tls_cert` and `tls_key` add a client
-        certificate (mTLS); `api_key` goes with every call."""
+        """`target`: one replica, several, or a dns:/// name (channel_target). `tls_ca` (the server's
+        CA) makes the channel TLS; `tls_cert` and `tls_key` add a client certificate (mTLS);
+        `api_key` goes with every call."""
+        target = channel_target(target)
         opts = [("grpc.max_send_message_length", max_message_mb << 20),
-                ("grpc.max_receive_message_length", max_message_mb << 20)]  # fmt: skip
+                ("grpc.max_receive_message_length", max_message_mb << 20),
+                ("grpc.service_config", SERVICE_CONFIG), ("grpc.enable_retries", 1)]  # fmt: skip
         if tls_ca or tls_cert:
             read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
             creds = grpc.ssl_channel_credentials(read(tls_ca), read(tls_key), read(tls_cert))
