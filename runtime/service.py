@@ -267,8 +267,6 @@ class Service:
             payloads += self.packed_payloads(len(records), packed)
             more, more_scores = await asyncio.to_thread(self.packed_vectors, len(records), packed)
             vectors, scores = np.concatenate([vectors, more]), np.concatenate([scores, more_scores])
-        if not ids:
-            raise InvalidInput("the request has no records")
         codes = scores.argmax(axis=1).astype(np.int32)  # (N,) the list each vector lives in
         await asyncio.to_thread(target.upsert, ids, vectors, codes, payloads)
         timings.total_ms = 1e3 * (time.perf_counter() - t0)

@@ -23,7 +23,7 @@ The server calls both from worker threads (the scan releases the GIL). Once a co
 or closed, every operation on it raises NotFound: a write in flight to a dropped collection fails,
 and lands nowhere else.
 
-Memory: a list grows by GROWTH, not doubling, so the vectors' arrays hold at most that much slack.
+Memory: a list's array grows by GROWTH, so it holds at most that much slack.
 
 A snapshot is due when the log outgrows both `snapshot_bytes` and the last snapshot (so rewriting
 is amortised: at most about twice the data). It never holds the lock while it writes: under the
@@ -136,7 +136,6 @@ class BuiltinCollection:
         self.lock = ReadWriteLock()
         self.lists = [_List(c, spec.dim) for c in range(spec.codebook_size)]
         self.by_code = [[c] for c in range(spec.codebook_size)]  # code -> its lists
-        self.list_codes = np.arange(spec.codebook_size)  # (L,) list -> code
         self.centroids = np.zeros((spec.codebook_size, spec.dim), dtype=np.float32)  # (L, d) unit, 0 if empty
         self.empty = np.ones(spec.codebook_size, dtype=bool)  # (L,) holds no record
         self.where: dict[str, tuple[int, int]] = {}  # id -> (list, row)
@@ -346,8 +345,8 @@ class BuiltinCollection:
         _, assign = spherical_kmeans(vectors, k, seed=li)
         new = [li, *range(len(self.lists), len(self.lists) + k - 1)]
         self.lists.extend([old] * (k - 1))  # placeholders, replaced below
-        self.list_codes = np.concatenate([self.list_codes, np.full(k - 1, old.code)])
         self.centroids = np.concatenate([self.centroids, np.zeros((k - 1, self.spec.dim), np.float32)])
+        self.empty = np.concatenate([self.empty, np.ones(k - 1, dtype=bool)])
         for j, target in enumerate(new):
             rows = np.flatnonzero(assign == j)
             lst = _List(old.code, self.spec.dim, capacity=int(GROWTH * rows.size))
@@ -363,8 +362,6 @@ class BuiltinCollection:
         total = self.lists[li].total
         norm = float(np.linalg.norm(total))
         self.centroids[li] = total / norm if norm > 1e-6 else 0.0
-        if li >= self.empty.shape[0]:
-            self.empty = np.concatenate([self.empty, np.ones(li + 1 - self.empty.shape[0], dtype=bool)])
         self.empty[li] = not self.lists[li].ids
 
     def _remove(self, record_id: str) -> None:
