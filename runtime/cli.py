@@ -7,6 +7,7 @@
     python -m runtime.client lookup --code 7 --code 9                 # code vectors by id
     python -m runtime.client collections [create NAME --backend milvus | drop NAME]
     python -m runtime.client index photos/ --collection photos        # a folder, or items.jsonl
+    python -m runtime.client load vectors/ --collection photos        # shards of python -m runtime.batch
     python -m runtime.client search --collection photos --text "a dog" --nprobe 8
     python -m runtime.client delete --collection photos ID...
 
@@ -29,11 +30,10 @@ from typing import Any
 import grpc
 import numpy as np
 
-from runtime.bulk import IMAGE_SUFFIXES, BadItem, BulkError, embed_to_file, sources
+from runtime.bulk import IMAGE_SUFFIXES, BadItem, BulkError, ProgressBar, embed_to_file, sources
 from runtime.client import TesseraClient, image_item, vector_item
 from runtime.proto.tessera.v1 import tessera_pb2 as pb
-
-BAR_WIDTH = 30  # characters of the bulk embed's progress bar
+from runtime.shards import ShardError
 
 
 class CliError(Exception):
@@ -92,6 +92,10 @@ def parser() -> argparse.ArgumentParser:
     ix.add_argument("--backend", default="builtin", help="for a new collection: builtin | milvus")
     ix.add_argument("--batch", type=int, default=32, help="records per Upsert (default 32)")
     ix.add_argument("--skip-bad", action="store_true", help="skip unreadable files, count and list them")
+    ld = command("load", "bulk-load a vectors folder (python -m runtime.batch) into a collection")
+    ld.add_argument("folder", help="the vectors folder (or an fsspec URL)")
+    ld.add_argument("--collection", required=True, help="created (with --backend) if it does not exist")
+    ld.add_argument("--backend", default="builtin", help="for a new collection: builtin | milvus")
     se = command("search", "search a collection by text, image or vector")
     se.add_argument("--collection", required=True, help="the collection to search")
     se.add_argument("--text", help="a text query")
@@ -120,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return COMMANDS[args.command](client, args, Out(args.json))
     except grpc.RpcError as e:
         return fail(f"{e.code().name}: {e.details()}")
-    except (CliError, BulkError, BadItem) as e:
+    except (CliError, BulkError, BadItem, ShardError) as e:
         return fail(str(e))
     except OSError as e:
         return fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
@@ -172,17 +176,9 @@ def bulk(client: TesseraClient, args: argparse.Namespace, out: Out) -> int:
     if args.source is None or args.out is None:
         raise CliError("a bulk job needs both --from and --out")
     items = sources(args.source)
-    t0 = time.monotonic()
-
-    def progress(done: int, total: int, skipped: int) -> None:
-        rate = done / max(time.monotonic() - t0, 1e-9)
-        filled = BAR_WIDTH * done // max(total, 1)
-        bar = "#" * filled + "." * (BAR_WIDTH - filled)
-        line = f"\r[{bar}] {done:,}/{total:,} ({skipped:,} skipped) {rate:,.0f} items/s"
-        print(line, end="", file=sys.stderr, flush=True)
-
-    report = embed_to_file(client, items, args.out, args.batch, args.part_items, args.skip_bad, progress)
-    print(file=sys.stderr)
+    bar = ProgressBar()
+    report = embed_to_file(client, items, args.out, args.batch, args.part_items, args.skip_bad, bar)
+    bar.close()
     for name, reason in report.skipped:
         print(f"skipped {name}: {reason}", file=sys.stderr)
     out(f"{report.embedded:,} embedded, {len(report.skipped):,} skipped -> {report.out}",
@@ -256,6 +252,16 @@ def index(client: TesseraClient, args: argparse.Namespace, out: Out) -> int:
     return 0
 
 
+def load(client: TesseraClient, args: argparse.Namespace, out: Out) -> int:
+    bar, t0 = ProgressBar(), time.monotonic()
+    loaded = client.load_vectors(args.folder, args.collection, args.backend, bar)
+    bar.close()
+    seconds = time.monotonic() - t0
+    out(f"loaded {loaded:,} records into {args.collection} in {seconds:.1f} s",
+        {"loaded": loaded, "collection": args.collection, "seconds": round(seconds, 2)})  # fmt: skip
+    return 0
+
+
 def search(client: TesseraClient, args: argparse.Namespace, out: Out) -> int:
     given = [q for q in (args.text, args.image, args.vector) if q is not None]
     if len(given) != 1:
@@ -283,7 +289,7 @@ def delete(client: TesseraClient, args: argparse.Namespace, out: Out) -> int:
 
 COMMANDS: dict[str, Callable[[TesseraClient, argparse.Namespace, Out], int]] = {
     "info": info, "embed": embed, "lookup": lookup, "collections": collections, "index": index,
-    "search": search, "delete": delete,
+    "load": load, "search": search, "delete": delete,
 }  # fmt: skip
 
 

@@ -15,7 +15,7 @@ import json
 import re
 import sys
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -271,6 +271,34 @@ class TesseraClient:
             size += nbytes
         if msgs:
             yield pb.UpsertRequest(collection=collection, records=msgs)
+
+    def load_vectors(
+        self, location: str, collection: str, backend: str = "builtin",
+        progress: Callable[[int, int, int], None] | None = None,
+    ) -> int:  # fmt: skip
+        """Every shard of a vectors folder (runtime/shards.py, from `python -m runtime.batch`) into
+        `collection` (created with `backend` if missing), through packed Upserts; refuses vectors
+        of another model than the server's. A re-run writes the same records again, which is
+        harmless: an id's last write wins. progress: (items done, items in all, skipped)."""
+        from runtime.shards import Folder, ShardError
+
+        folder = Folder(location)
+        job = folder.job()
+        served = self.info().fingerprint
+        if job.fingerprint != served:
+            raise ShardError(f"{location}: vectors of model {job.fingerprint[:12]}…, the server serves "
+                             f"{served[:12]}… (embed the corpus again with the server's bundle)")  # fmt: skip
+        if collection not in {c.name for c in self.list_collections()}:
+            self.create_collection(collection, backend)
+        loaded = seen = skipped = 0
+        for _, shard in folder.shards(job):
+            payloads = [json.loads(p) for p in shard.payloads]
+            records = list(zip(shard.ids, shard.vectors, payloads, strict=True))
+            loaded += self.upsert(collection, records, fingerprint=job.fingerprint)
+            seen, skipped = seen + len(records) + len(shard.skipped), skipped + len(shard.skipped)
+            if progress:
+                progress(seen, job.items, skipped)
+        return loaded
 
     def delete(self, collection: str, ids: Sequence[str]) -> int:
         return self.stub.Delete(

@@ -112,16 +112,16 @@ class Embedder:
         kw = dict(max_batch_size=cfg.max_batch_size, max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue)
         image_obs = self.metrics.observer("image") if self.metrics else None
         text_obs = self.metrics.observer("text") if self.metrics else None
-        image_runner = _image_runner(
+        image_run = image_runner(
             self.engines.image, self.engines.calls["image"], image_obs.engine_call if image_obs else None
         )
-        self.image = Batcher("image", image_runner, **kw, observer=image_obs)
+        self.image = Batcher("image", image_run, **kw, observer=image_obs)
         budget = cfg.max_batch_tokens or cfg.max_batch_size * self.tokenizer.max_len
-        text_runner = _text_runner(
+        text_run = text_runner(
             self.engines.text, self.engines.calls["text"], self.tokenizer, self.text_cost,
             text_obs.engine_call if text_obs else None,
         )  # fmt: skip
-        self.text = Batcher("text", text_runner, **kw, cost=len, max_batch_cost=budget, observer=text_obs)
+        self.text = Batcher("text", text_run, **kw, cost=len, max_batch_cost=budget, observer=text_obs)
         self.image.start()
         self.text.start()
 
@@ -214,7 +214,7 @@ def top_codes(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, np.take_along_axis(scores, ids, axis=1)
 
 
-def _image_runner(engine: Engine, per_call: int, on_call: CallObserver | None) -> Runner:
+def image_runner(engine: Engine, per_call: int, on_call: CallObserver | None) -> Runner:
     """One batch of images -> engine calls of at most `per_call` images (runtime/footprint.py)."""
 
     def run(pixels: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -230,7 +230,7 @@ def _image_runner(engine: Engine, per_call: int, on_call: CallObserver | None) -
     return run
 
 
-def _text_runner(
+def text_runner(
     engine: Engine,
     per_call: int,
     tokenizer: TextTokenizer,

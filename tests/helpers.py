@@ -1,5 +1,5 @@
 """Helpers several test modules share (a test module is not a library): a small training config,
-what a run's metrics say, and certificates for TLS tests."""
+what a run's metrics say, certificates for TLS tests, and a corpus of captions and pictures."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from train.config import TrainConfig, load_train_config
+from train.data.shapes import COLOURS, KINDS, render, scene
 
 SMALL = [
     "data.shapes_train_images=48",
@@ -71,3 +75,30 @@ def write_pem(cert_path: Path, key_path: Path, cert: Any, key: Any) -> None:
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     pem, pkcs8 = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8
     key_path.write_bytes(key.private_bytes(pem, pkcs8, serialization.NoEncryption()))
+
+
+def pictures(folder: Path, n: int, size: int = 48, first: int = 0) -> list[Path]:
+    """`n` PNG files of rendered shapes, folder/img0000.png ..."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = folder / f"img{i:04d}.png"
+        Image.fromarray(np.asarray(render(scene(3, "cli", first + i), size), np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def texts(n: int) -> list[str]:
+    colours = list(COLOURS)
+    return [f"a {colours[i % len(colours)]} {KINDS[(i // 7) % len(KINDS)]} number {i}" for i in range(n)]
+
+
+def corpus(folder: Path, n_texts: int, n_images: int) -> tuple[Path, list[str]]:
+    """folder/items.jsonl: texts t0... then images i0... (32 px, under folder/img); and the texts."""
+    captions = texts(n_texts)
+    pictures(folder / "img", n_images, size=32)
+    lines = [json.dumps({"id": f"t{i}", "text": t}) for i, t in enumerate(captions)]
+    lines += [json.dumps({"id": f"i{i}", "image": f"img/img{i:04d}.png"}) for i in range(n_images)]
+    jsonl = folder / "items.jsonl"
+    jsonl.write_text("\n".join(lines) + "\n")
+    return jsonl, captions

@@ -41,6 +41,7 @@ Results = list[tuple[list[Hit], int]]  # per query: hits best first, how many ve
 
 class Collection(Protocol):
     spec: CollectionSpec
+    closed: bool  # dropped (here or, for a shared backend, elsewhere) or closed: every call raises NotFound
 
     def upsert(self, ids: list[str], vectors: np.ndarray, codes: np.ndarray, payloads: list[str]) -> None:
         """Inserts or replaces records; durable when it returns. vectors (N, d), codes (N,) top code."""

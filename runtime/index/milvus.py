@@ -1,6 +1,10 @@
 """A collection on Milvus through pymilvus: the same behaviour as the built-in one on an existing
-(distributed) vector database. `uri` is a milvus-lite file (the Milvus engine embedded, from PyPI:
-what the tests use) or a cluster address such as http://milvus:19530.
+(distributed) vector database. `uri` is a milvus-lite file (the Milvus engine embedded, from PyPI),
+or a server address such as http://milvus:19530 that several replicas share.
+
+Milvus holds what a collection is: its CollectionSpec is a property of the Milvus collection
+(`tessera.spec`), so a replica finds collections another replica created (`find`, `names`), and a
+collection dropped by another replica answers NotFound here, not an internal error.
 
 Schema: id VARCHAR primary key, vector FLOAT_VECTOR (inner product, FLAT index: exact), code INT64
 as the partition key, payload JSON. A routed search filters `code in [...]`, which Milvus resolves
@@ -12,15 +16,20 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
-from runtime.errors import MissingDependency, NotFound
+from runtime.errors import InvalidInput, MissingDependency, NotFound
 from runtime.index.base import CollectionSpec, Hit, Results
 
 HINT = "Milvus collections need pymilvus: `pip install 'tessera-embed[milvus]'` (pymilvus + milvus-lite)"
 NUM_PARTITIONS = 64  # physical partitions the code key hashes into
+SPEC_PROPERTY = "tessera.spec"
+COLLECTION_NOT_FOUND = 100  # Milvus's error code
 
 
 def connect(uri: str) -> Any:
@@ -29,6 +38,20 @@ def connect(uri: str) -> Any:
     except ImportError as e:
         raise MissingDependency(HINT) from e
     return MilvusClient(uri)
+
+
+def find(client: Any, name: str) -> CollectionSpec | None:
+    """The spec of Milvus collection `name` as Tessera made it; None where there is none."""
+    if not client.has_collection(name):
+        return None
+    raw = client.describe_collection(name).get("properties", {}).get(SPEC_PROPERTY)
+    if raw is None:
+        raise InvalidInput(f"Milvus collection {name!r} was not made by Tessera (no {SPEC_PROPERTY})")
+    return CollectionSpec(**json.loads(raw))
+
+
+def names(client: Any) -> list[str]:
+    return list(client.list_collections())
 
 
 class MilvusCollection:
@@ -48,7 +71,7 @@ class MilvusCollection:
             index.add_index("vector", index_type="FLAT", metric_type="IP")
             client.create_collection(
                 spec.name, schema=schema, index_params=index, num_partitions=NUM_PARTITIONS,
-                consistency_level="Strong",
+                consistency_level="Strong", properties={SPEC_PROPERTY: json.dumps(asdict(spec))},
             )  # fmt: skip
         self.client.load_collection(spec.name)
 
@@ -57,13 +80,11 @@ class MilvusCollection:
             {"id": i, "vector": v.tolist(), "code": int(c), "payload": json.loads(p)}
             for i, v, c, p in zip(ids, vectors, codes, payloads, strict=True)
         ]
-        with self.lock:
-            self._check_open()
+        with self._call():
             self.client.upsert(self.spec.name, rows)
 
     def delete(self, ids: list[str]) -> int:
-        with self.lock:
-            self._check_open()
+        with self._call():
             present = self.client.get(self.spec.name, ids=list(dict.fromkeys(ids)), output_fields=["id"])
             if present:
                 self.client.delete(self.spec.name, ids=[r["id"] for r in present])
@@ -77,8 +98,7 @@ class MilvusCollection:
             if nprobe:
                 probe = np.argsort(-scores, kind="stable")[:nprobe]  # (nprobe,) best codes first
                 kwargs["filter"] = f"code in [{', '.join(str(int(c)) for c in probe)}]"
-            with self.lock:
-                self._check_open()
+            with self._call():
                 result = self.client.search(
                     self.spec.name, data=[query.tolist()], limit=top_k, output_fields=["payload", "code"],
                     search_params={"metric_type": "IP"}, **kwargs,
@@ -92,13 +112,12 @@ class MilvusCollection:
         return out
 
     def get(self, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:
-        with self.lock:
-            self._check_open()
+        with self._call():
             rows = self.client.get(self.spec.name, ids=ids, output_fields=["vector", "payload"])
         return {r["id"]: (np.asarray(r["vector"], np.float32), json.dumps(r["payload"])) for r in rows}
 
     def count(self) -> int:
-        with self.lock:
+        with self._call():
             return int(
                 self.client.query(self.spec.name, filter="", output_fields=["count(*)"])[0]["count(*)"]
             )
@@ -111,6 +130,19 @@ class MilvusCollection:
             self.closed = True
             self.client.drop_collection(self.spec.name)
 
-    def _check_open(self) -> None:
-        if self.closed:
-            raise NotFound(f"collection {self.spec.name!r} was dropped")
+    @contextmanager
+    def _call(self) -> Iterator[None]:
+        """One call on the shared client, under the lock; a collection dropped meanwhile (here or
+        by another replica) raises NotFound."""
+        from pymilvus.exceptions import MilvusException
+
+        with self.lock:
+            if self.closed:
+                raise NotFound(f"collection {self.spec.name!r} was dropped")
+            try:
+                yield
+            except MilvusException as e:
+                if e.code != COLLECTION_NOT_FOUND:
+                    raise
+                self.closed = True
+                raise NotFound(f"collection {self.spec.name!r} was dropped (in Milvus)") from None

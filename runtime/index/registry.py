@@ -1,8 +1,12 @@
 """The collections of a data directory: created by RPC, opened (and recovered) at start.
 
-    DATA/collections/<name>/meta.json    the CollectionSpec (+ the Milvus URI for milvus ones)
-    DATA/collections/<name>/wal-*.log    built-in collections: log and snapshots (runtime/index/wal.py)
-    DATA/milvus.db                       the milvus-lite database, unless --milvus-uri names a cluster
+    DATA/collections/<name>/meta.json    a built-in collection's CollectionSpec
+    DATA/collections/<name>/wal-*.log    its log and snapshots (runtime/index/wal.py)
+    DATA/milvus.db                       the milvus-lite database, unless --milvus-uri names a server
+
+Milvus collections live in Milvus, spec included (runtime/index/milvus.py): a replica lists and
+opens those that other replicas sharing the server created, and forgets those they dropped. (A
+data directory from before keeps a meta.json for its milvus collections; they open as before.)
 
 A collection remembers the model fingerprint it was made with; the server refuses to mix models.
 A collection is created in a hidden folder and renamed into place, its directory entries fsynced,
@@ -58,42 +62,83 @@ class Collections:
     def _open(self, spec: CollectionSpec, root: Path, create: bool) -> Collection:
         if spec.backend == "builtin":
             return BuiltinCollection(spec, root, self.fsync, repair=self.repair)
+        return milvus.MilvusCollection(spec, self._milvus_client(), create)
+
+    def _milvus_client(self) -> Any:
         if self._milvus is None:
             self._milvus = milvus.connect(self.milvus_uri)
-        return milvus.MilvusCollection(spec, self._milvus, create)
+        return self._milvus
+
+    def _milvus_in_use(self) -> bool:
+        """Connected, a server named, or a milvus-lite file that exists: Milvus may hold collections."""
+        return self._milvus is not None or "://" in self.milvus_uri or Path(self.milvus_uri).exists()
+
+    def _sync_milvus(self, name: str | None = None) -> None:
+        """Forgets collections dropped meanwhile and opens the Milvus ones (`name`, or all) that
+        another replica created. Called with the lock held."""
+        for gone in [n for n, c in self.by_name.items() if c.closed]:
+            del self.by_name[gone]
+        if not self._milvus_in_use():
+            return
+        client = self._milvus_client()
+        wanted = [name] if name is not None else milvus.names(client)
+        if name is None:  # the whole list: what is not in it was dropped
+            dropped = [n for n, c in self.by_name.items() if c.spec.backend == "milvus" and n not in wanted]
+            for gone in dropped:
+                self.by_name.pop(gone).closed = True
+        for n in wanted:
+            if n in self.by_name:
+                continue
+            try:
+                spec = milvus.find(client, n)
+            except InvalidInput:  # a Milvus collection of someone else's: not ours to list
+                continue
+            if spec is not None:
+                self.by_name[n] = milvus.MilvusCollection(spec, client, create=False)
 
     def create(self, name: str, backend: str) -> Collection:
         check_name(name)
         backend = backend or "builtin"
         if backend not in COLLECTION_BACKENDS:
             raise InvalidInput(f"backend {shown(backend)} is not one of {', '.join(COLLECTION_BACKENDS)}")
+        spec = CollectionSpec(name, backend, self.dim, self.codebook_size, self.fingerprint)
         with self.lock:
+            self._sync_milvus(name)
             if name in self.by_name:
                 raise AlreadyExists(f"collection {name!r} exists ({self.by_name[name].spec.backend})")
             final = self.root / name
             if final.exists():
                 raise AlreadyExists(f"{final} exists but is not an open collection: move it away first")
-            spec = CollectionSpec(name, backend, self.dim, self.codebook_size, self.fingerprint)
-            tmp = self.root / f".{name}.creating"
-            shutil.rmtree(tmp, ignore_errors=True)
-            try:
-                tmp.mkdir()
-                write_durably(tmp / "meta.json", json.dumps(asdict(spec), indent=2))
-                collection = self._open(spec, tmp, create=True)
-                if isinstance(collection, BuiltinCollection):
-                    collection.destroy()
-                tmp.rename(final)
-                fsync_dir(self.root)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            if isinstance(collection, BuiltinCollection):  # reopen at its final path
-                collection = self._open(spec, final, create=False)
+            if backend == "milvus":
+                if self._milvus_client().has_collection(name):
+                    raise AlreadyExists(f"Milvus already has a collection {name!r} (not made by Tessera)")
+                collection: Collection = milvus.MilvusCollection(spec, self._milvus_client(), create=True)
+            else:
+                collection = self._create_builtin(spec, final)
             self.by_name[name] = collection
             return collection
 
+    def _create_builtin(self, spec: CollectionSpec, final: Path) -> Collection:
+        """Made in a hidden folder, renamed into place, the directory fsynced; then opened there."""
+        tmp = self.root / f".{spec.name}.creating"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            tmp.mkdir()
+            write_durably(tmp / "meta.json", json.dumps(asdict(spec), indent=2))
+            self._open(spec, tmp, create=True).destroy()
+            tmp.rename(final)
+            fsync_dir(self.root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return self._open(spec, final, create=False)
+
     def get(self, name: str) -> Collection:
         collection = self.by_name.get(name)
+        if collection is None or collection.closed:
+            with self.lock:
+                self._sync_milvus(name)
+            collection = self.by_name.get(name)
         if collection is None:
             have = ", ".join(sorted(self.by_name)) or "none"
             raise NotFound(f"no collection {shown(name)} (collections: {have})")
@@ -110,11 +155,14 @@ class Collections:
             if collection is None:
                 raise NotFound(f"no collection {shown(name)}")
             collection.destroy()
-            shutil.rmtree(self.root / name)
-            fsync_dir(self.root)
+            if (self.root / name).exists():  # milvus collections have no folder (older ones do)
+                shutil.rmtree(self.root / name)
+                fsync_dir(self.root)
 
     def all(self) -> list[Collection]:
-        return [self.by_name[k] for k in sorted(self.by_name)]
+        with self.lock:
+            self._sync_milvus()
+            return [self.by_name[k] for k in sorted(self.by_name)]
 
     def close(self) -> None:
         for collection in self.by_name.values():

@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from tests.conftest import REPO_ROOT
+from tests.helpers import corpus, pictures
 from tests.runtime.conftest import Server
-from train.data.shapes import COLOURS, KINDS, render, scene
 
 
 def cli(server: Server, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
@@ -33,21 +32,6 @@ def cli(server: Server, *args: str, ok: bool = True) -> subprocess.CompletedProc
 
 def rows(out: subprocess.CompletedProcess[str]) -> list[dict]:
     return [json.loads(line) for line in out.stdout.splitlines()]
-
-
-def pictures(folder: Path, n: int, size: int = 48, first: int = 0) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        p = folder / f"img{i:04d}.png"
-        Image.fromarray(np.asarray(render(scene(3, "cli", first + i), size), np.uint8)).save(p)
-        paths.append(p)
-    return paths
-
-
-def texts(n: int) -> list[str]:
-    colours = list(COLOURS)
-    return [f"a {colours[i % len(colours)]} {KINDS[(i // 7) % len(KINDS)]} number {i}" for i in range(n)]
 
 
 def test_every_command_answers_in_json(server: Server, tmp_path: Path) -> None:
@@ -132,12 +116,7 @@ def test_a_bad_file_stops_a_bulk_embed_by_name_or_is_skipped_and_listed(
 def test_a_bulk_embed_resumes_after_kill_9_without_duplicates_or_gaps(server: Server, tmp_path: Path) -> None:
     """5,000 captions and 1,000 images to Parquet; the first run is killed once several parts are
     written, the second finishes the job."""
-    captions = texts(5000)
-    pictures(tmp_path / "img", 1000, size=32)
-    jsonl = tmp_path / "items.jsonl"
-    lines = [json.dumps({"id": f"t{i}", "text": t}) for i, t in enumerate(captions)]
-    lines += [json.dumps({"id": f"i{i}", "image": f"img/img{i:04d}.png"}) for i in range(1000)]
-    jsonl.write_text("\n".join(lines) + "\n")
+    jsonl, captions = corpus(tmp_path, 5000, 1000)
     out = tmp_path / "vectors.parquet"
     cmd = [sys.executable, "-m", "runtime.client", "--target", server.target, "embed", "--from", str(jsonl),
            "--out", str(out), "--part-items", "200"]  # fmt: skip
