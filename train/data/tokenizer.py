@@ -5,7 +5,9 @@ ships, so training and serving split text identically.
 - `train_tokenizer(captions, vocab_size)`: a BERT-style uncased WordPiece vocabulary built from
   the training captions' most frequent words, for from-scratch text towers.
 - `TextEncoder.encode(texts)`: ids and mask (B, L), truncated to max_len and padded to the
-  longest text of the batch, not to max_len.
+  longest text of the batch, not to max_len — or to max_len where the model pools the last
+  position (SigLIP: `pad_to_max_len`). The pad id is the tokenizer's [PAD] unless given (CLIP pads
+  with its end-of-text token).
 """
 
 from __future__ import annotations
@@ -59,11 +61,14 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int) -> Tokenizer:
 class TextEncoder:
     tokenizer: Tokenizer
     max_len: int
+    pad_id: int | None = None  # None: the tokenizer's [PAD] (0 where it has none)
+    pad_to_max_len: bool = False
 
     def __post_init__(self) -> None:
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_len)
-        self.pad_id = self.tokenizer.token_to_id("[PAD]") or 0
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.token_to_id("[PAD]") or 0
 
     @property
     def vocab_size(self) -> int:
@@ -72,7 +77,7 @@ class TextEncoder:
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask), both (B, L) int64, L = the longest text (≤ max_len)."""
         enc = self.tokenizer.encode_batch(texts)
-        width = max(len(e.ids) for e in enc)
+        width = self.max_len if self.pad_to_max_len else max(len(e.ids) for e in enc)
         ids = torch.full((len(enc), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(enc), width), dtype=torch.long)
         for i, e in enumerate(enc):
