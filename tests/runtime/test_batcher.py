@@ -4,6 +4,7 @@ this is the batcher's own logic; tests/runtime/test_server.py checks it again ov
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -13,13 +14,19 @@ from runtime.errors import EngineFailure, Expired, Overloaded
 
 
 class Recorder:
-    def __init__(self, delay_s: float = 0.0, fail_on: str | None = None) -> None:
+    """The engine: records each batch; with `gated`, holds each call until `gate` is set."""
+
+    def __init__(self, fail_on: str | None = None, gated: bool = False) -> None:
         self.batches: list[list[str]] = []
-        self.delay_s, self.fail_on = delay_s, fail_on
+        self.fail_on = fail_on
+        self.started, self.gate = threading.Event(), threading.Event()
+        if not gated:
+            self.gate.set()
 
     def __call__(self, items: list[str]) -> list[str]:
         self.batches.append(list(items))
-        time.sleep(self.delay_s)
+        self.started.set()
+        assert self.gate.wait(30), "the test never let the engine finish"
         if self.fail_on in items:
             raise RuntimeError("engine exploded")
         return [s.upper() for s in items]
@@ -34,6 +41,14 @@ def batcher(engine: Recorder, **kw: object) -> Batcher[str, str]:
 
 def run(coro: object) -> object:
     return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+async def queued(b: Batcher[str, str], n: int) -> None:
+    """Yields to the loop until `n` items wait in the batcher (a condition, not a pause)."""
+    deadline = time.monotonic() + 10
+    while b.pending < n:
+        assert time.monotonic() < deadline, f"{b.pending} of {n} items queued"
+        await asyncio.sleep(0)
 
 
 def test_a_list_in_gives_the_same_list_out_in_order() -> None:
@@ -83,7 +98,7 @@ def test_a_full_queue_refuses_the_whole_request_and_serves_the_rest() -> None:
     async def go() -> None:
         b = batcher(engine, max_queue=3, max_wait_ms=300)
         held = asyncio.ensure_future(b.submit(["a", "b"]))
-        await asyncio.sleep(0.01)
+        await queued(b, 2)
         with pytest.raises(Overloaded, match="queue is full"):
             await b.submit(["c", "d"])
         assert [r.value for r in await held] == ["A", "B"]
@@ -102,8 +117,8 @@ def test_expired_and_cancelled_items_never_reach_the_engine() -> None:
         late = asyncio.ensure_future(b.submit(["late"], deadline_s=loop.time() + 0.02))
         gone = asyncio.ensure_future(b.submit(["gone"]))
         kept = asyncio.ensure_future(b.submit(["kept"]))
-        await asyncio.sleep(0.01)
-        gone.cancel()
+        await queued(b, 3)
+        gone.cancel()  # no await since the check: the batch cannot have been cut in between
         with pytest.raises(Expired, match="deadline passed"):
             await late
         assert [r.value for r in await kept] == ["KEPT"]
@@ -143,16 +158,20 @@ def test_text_batches_respect_the_padded_token_budget() -> None:
 
 
 def test_the_engine_runs_off_the_event_loop() -> None:
-    engine = Recorder(delay_s=0.3)
+    engine = Recorder(gated=True)
 
-    async def go() -> int:
+    async def go() -> None:
         b = batcher(engine, max_wait_ms=0)
         job = asyncio.ensure_future(b.submit(["slow"]))
-        ticks = 0
-        while not job.done():
-            await asyncio.sleep(0.01)
-            ticks += 1
+        deadline = time.monotonic() + 10
+        while not engine.started.is_set():  # the engine call began (on its thread)
+            assert time.monotonic() < deadline, "the engine was never called"
+            await asyncio.sleep(0.001)
+        for _ in range(20):  # the loop keeps turning while the engine is held
+            await asyncio.sleep(0)
+        assert not job.done()
+        engine.gate.set()
+        assert [r.value for r in await job] == ["SLOW"]
         await b.close()
-        return ticks
 
-    assert run(go()) > 10  # the loop kept turning while the engine worked
+    run(go())

@@ -59,17 +59,21 @@ def test_writers_racing_drop_and_create_never_reach_the_new_collection(tmp_path:
     for round_ in range(10):
         old = reg.create(f"a{round_}", "builtin")
         outcome: list[BaseException] = []
+        writing = threading.Event()
 
-        def write(c: BuiltinCollection = old, out: list[BaseException] = outcome) -> None:
+        def write(
+            c: BuiltinCollection = old, out: list[BaseException] = outcome, w: threading.Event = writing
+        ) -> None:
             try:
                 while True:
                     c.upsert(ids, vectors, codes, payloads)
+                    w.set()
             except BaseException as e:  # how the writer ended is the point
                 out.append(e)
 
         writer = threading.Thread(target=write)
         writer.start()
-        time.sleep(0.01)
+        assert writing.wait(10), outcome  # the writer is in its loop: the drop lands between or inside writes
         reg.drop(f"a{round_}")
         new = reg.create(f"b{round_}", "builtin")
         writer.join(10)

@@ -161,8 +161,11 @@ def test_every_acknowledged_upsert_survives_sigkill(bundle: Path, tmp_path: Path
 
             thread = threading.Thread(target=writer)
             thread.start()
-            time.sleep(rng.uniform(0.5, 1.5))
-            server.kill()  # SIGKILL at a random moment, mid-write most likely
+            target, deadline = rng.randint(40, 120), time.monotonic() + 120
+            while len(acked) < target:  # a random point in the write stream, not in wall time
+                assert thread.is_alive() and time.monotonic() < deadline, f"{len(acked)} writes acknowledged"
+                time.sleep(0.001)
+            server.kill()  # SIGKILL mid-write most likely
             stop.set()
             thread.join(30)
     assert len(acked) > 30, "the writer made too little progress to test anything"

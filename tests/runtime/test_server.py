@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -140,6 +140,17 @@ def test_concurrent_single_item_calls_are_batched(server: Server) -> None:
     assert 0 < tokens <= grew("tessera_batch_padded_tokens_sum")
 
 
+def wait_until(condition: Callable[[], bool], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not hold in time"
+        time.sleep(0.01)
+
+
+def queue_depth(s: Server) -> float:
+    return s.metrics().get('tessera_queue_depth{modality="text"}', 0)
+
+
 def test_expired_deadline_costs_no_inference(bundle: Path) -> None:
     s = Server(bundle, "--max-wait-ms", "400")  # the batch is cut long after the deadline
     try:
@@ -148,14 +159,16 @@ def test_expired_deadline_costs_no_inference(bundle: Path) -> None:
             with pytest.raises(grpc.RpcError) as err:
                 client.stub.Embed(pb.EmbedRequest(items=[pb.Item(text="too late")]), timeout=0.1)
             assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            time.sleep(0.6)
-            m = s.metrics()
-            assert m.get('tessera_inference_items_total{modality="text"}', 0) == before
+
             # gRPC cancels the call at its deadline, so the item leaves as `cancelled` (or `deadline`
             # when the batch is cut first): either way it never reaches the engine
-            dropped = [m.get(f'tessera_dropped_items_total{{modality="text",reason="{r}"}}', 0)
-                       for r in ("deadline", "cancelled")]  # fmt: skip
-            assert sum(dropped) == 1
+            def dropped() -> float:
+                m = s.metrics()
+                return sum(m.get(f'tessera_dropped_items_total{{modality="text",reason="{r}"}}', 0)
+                           for r in ("deadline", "cancelled"))  # fmt: skip
+
+            wait_until(lambda: dropped() == 1)
+            assert s.metrics().get('tessera_inference_items_total{modality="text"}', 0) == before
             assert len(client.embed_texts(["still serving"])) == 1
     finally:
         assert s.stop() == 0
@@ -170,7 +183,7 @@ def test_full_queue_answers_resource_exhausted(bundle: Path) -> None:
                 async with grpc.aio.insecure_channel(s.target) as channel:
                     stub = pb_grpc.TesseraStub(channel)
                     held = [stub.Embed(pb.EmbedRequest(items=[pb.Item(text=f"t{i}")])) for i in range(4)]
-                    await asyncio.sleep(0.3)  # the four sit in the queue, waiting for the batch
+                    await asyncio.to_thread(wait_until, lambda: queue_depth(s) == 4)  # waiting for the batch
                     with pytest.raises(grpc.aio.AioRpcError) as err:
                         await stub.Embed(pb.EmbedRequest(items=[pb.Item(text="one too many")]))
                     await asyncio.gather(*held)  # the held ones are still served
@@ -298,7 +311,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(bundle: Path) -> None:
     s = Server(bundle, "--max-wait-ms", "1500")
     with s.client() as client:
         future = client.stub.Embed.future(pb.EmbedRequest(items=[pb.Item(text="in flight")]), timeout=30)
-        time.sleep(0.3)  # accepted, waiting for its batch
+        wait_until(lambda: queue_depth(s) == 1)  # accepted, waiting for its batch
         assert s.stop() == 0
         assert len(future.result().embeddings) == 1  # finished, not dropped
         with pytest.raises(grpc.RpcError) as err:
