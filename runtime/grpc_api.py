@@ -114,7 +114,7 @@ class Servicer(pb_grpc.TesseraServicer):
             code = status_of(e)
             which = f"request {shown(request_id)}: " if request_id else ""
             failure = status_message(f"{which}{e}")
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):  # a client gone while we wait, or while we yield
             code = grpc.StatusCode.CANCELLED
             raise
         except grpc.aio.AbortError:
