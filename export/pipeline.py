@@ -45,7 +45,7 @@ from runtime.cpu import cpu_isa
 from runtime.selfcheck import Reference, check_engine
 from train.checkpoint import load_model
 from train.config import to_dict
-from train.data.tokenizer import TextEncoder
+from train.data.tokenizer import TextEncoder, text_encoder
 from train.model import DualEncoder
 
 FP32_ATOL, FP32_MIN_COSINE, INT8_MIN_COSINE = 1e-4, 0.99999, 0.99
@@ -144,8 +144,13 @@ class Exporter:
         o = self.opts
         self.progress(f"load     {o.checkpoint}")
         model, ckpt = load_model(o.checkpoint)
+        if model.cfg.image.kind == "siglip":
+            raise ExportError(
+                f"{o.checkpoint}: a SigLIP model cannot be exported yet: it pools the last text position, "
+                "so texts must be padded to their full length, and the runtime pads to a batch's longest"
+            )
         model.float().eval()
-        text = TextEncoder(_tokenizer(ckpt["tokenizer"]), model.cfg.text.max_len)
+        text = text_encoder(model.cfg, _tokenizer(ckpt["tokenizer"]))
         self.stage_onnx(model, text, tmp)
         self.stage_assets(model, ckpt["tokenizer"], tmp)
         self.stage_parity(model, text, tmp)

@@ -102,3 +102,45 @@ def corpus(folder: Path, n_texts: int, n_images: int) -> tuple[Path, list[str]]:
     jsonl = folder / "items.jsonl"
     jsonl.write_text("\n".join(lines) + "\n")
     return jsonl, captions
+
+
+def clip_tokenizer(folder: Path) -> Path:
+    """A small CLIP byte-level BPE (every byte, alone and word-final, a few merges), saved by
+    transformers' CLIPTokenizer as the tokenizer.json a CLIP checkpoint ships."""
+    import transformers
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    merges = ["t h", "th e</w>", "d o", "do g</w>", "c a", "ca t</w>", "o n</w>"]
+    vocab_list = chars + [c + "</w>" for c in chars] + [m.replace(" ", "") for m in merges]
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    pairs = [tuple(m.split(" ")) for m in merges]
+    tok = transformers.CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab_list)}, merges=pairs)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def random_clip(folder: Path, family: str = "clip", image_size: int = 32) -> Path:
+    """A Hugging Face CLIPModel (or SiglipModel) directory of random weights with the tokenizer of
+    `clip_tokenizer`: what `model.init` takes, small enough to train in seconds."""
+    import torch
+    import transformers
+
+    clip_tokenizer(folder)
+    vocab = json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
+    text = {"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "max_position_embeddings": 24}  # fmt: skip
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "image_size": image_size, "patch_size": 8}  # fmt: skip
+    torch.manual_seed(0)
+    if family == "clip":
+        text |= {"eos_token_id": vocab["<|endoftext|>"], "bos_token_id": vocab["<|startoftext|>"],
+                 "pad_token_id": vocab["<|endoftext|>"]}  # fmt: skip
+        config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+        transformers.CLIPModel(config).save_pretrained(folder)
+    else:
+        text |= {"projection_size": 32, "pad_token_id": vocab["<|endoftext|>"]}
+        transformers.SiglipModel(
+            transformers.SiglipConfig(text_config=text, vision_config=vision)
+        ).save_pretrained(folder)
+    return folder

@@ -60,6 +60,8 @@ def cache_keys(cfg: TrainConfig, tokenizer_json: str) -> tuple[str, str]:
         "seed": cfg.run.seed,
         "version": 2,
     }
+    if cfg.model.init:  # other weights of the same shapes: other features
+        image_parts["init"] = _weights_identity(cfg.model.init)
     text_parts = {
         "text": to_dict(cfg.model.text),
         "lock": cfg.lock.text_stages,
@@ -69,6 +71,8 @@ def cache_keys(cfg: TrainConfig, tokenizer_json: str) -> tuple[str, str]:
         "tokenizer": hashlib.sha256(tokenizer_json.encode()).hexdigest(),
         "version": 2,
     }
+    if cfg.model.init:
+        text_parts["init"] = image_parts["init"]
     return _digest(image_parts), _digest(text_parts)
 
 
@@ -185,3 +189,10 @@ def cached_batches(cache: FeatureCache, sampler: EpochBatches, text_is_states: b
         width = int(mask.sum(1).max())
         text = cache.text[index, :width]
         yield Batch(v1, v2, text.float() if text_is_states else text, mask[:, :width], image)
+
+
+def _weights_identity(init: str) -> list:
+    """A CLIP-family checkpoint directory's weights, named by path, size and modification time
+    (hashing gigabytes for a cache key would cost what the cache saves)."""
+    files = sorted(p for p in Path(init).glob("*") if p.suffix in (".safetensors", ".bin"))
+    return [str(Path(init).resolve())] + [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]

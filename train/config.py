@@ -29,11 +29,12 @@ else:  # pragma: no cover - Python 3.10
 
 T = TypeVar("T")
 
-ImageTowerKind = Literal["vit", "efficientnet_lite0"]
+ImageTowerKind = Literal["vit", "efficientnet_lite0", "clip", "siglip"]
 TextPooling = Literal["cls", "mean"]
 DataSource = Literal["shapes", "jsonl"]
 Augment = Literal["tcl", "light", "mirror", "none"]
-Preset = Literal["itc", "tcl", "codis", "tessera"]
+Preset = Literal["itc", "tcl", "codis", "tessera", "sigmoid"]
+CrossModal = Literal["softmax", "sigmoid"]
 
 
 class ConfigError(ValueError):
@@ -100,6 +101,16 @@ class ModelConfig:
     temp_max: float = 0.5
     momentum: float = 0.995  # m, EMA of the momentum towers and heads
     queue_size: int = 4096  # M; must be a multiple of the global batch
+    # A CLIP or SigLIP checkpoint to start from: a Hugging Face CLIPModel / SiglipModel directory
+    # (config.json, model.safetensors, tokenizer.json). Both towers, their projections (as the heads),
+    # the temperature and the tokenizer come from it; image/text shapes and embed_dim follow it.
+    init: str = ""
+    # The sigmoid objective's learnable logit bias, initial value (None: no bias parameter; set to
+    # SigLIP's -10 when a run uses that objective, or a SigLIP checkpoint's own)
+    logit_bias: float | None = None
+    # That checkpoint's config.json, filled in when the run starts so a checkpoint rebuilds the towers
+    # without the directory (train/model/clip.py reads it).
+    clip_config: str = ""
 
 
 @dataclass(frozen=True)
@@ -113,6 +124,10 @@ class ObjectiveConfig:
     # momentum 0 and no queue, ALBEF's form trains each side only through its rows and was
     # unstable at large lr (docs/decisions.md §6); the distillation target stays the teacher's.
     online_columns: bool = False
+    # The cross-modal term: softmax = CMA (InfoNCE with momentum distillation); sigmoid = SigLIP's
+    # pairwise sigmoid loss over the gathered online batch (train/objectives/sigmoid.py), in any
+    # preset (codis + sigmoid = the sigmoid term and CODE). The `sigmoid` preset is that term alone.
+    cross_modal: CrossModal = "softmax"
     # Per-term weights on top of the preset (a preset switches terms on; 0 switches one off).
     weight_cma: float = 1.0
     weight_imc: float = 1.0

@@ -37,10 +37,14 @@ from train.cache import build_cache, cached_batches
 from train.checkpoint import load_checkpoint, make_payload, save_checkpoint, set_rng_state
 from train.config import TrainConfig
 from train.data.datasets import Batch, Collate, EpochBatches, PairDataset, PairSource, make_source
-from train.data.tokenizer import TextEncoder, load_tokenizer, train_tokenizer
+from train.data.tokenizer import TextEncoder, load_tokenizer, text_encoder, train_tokenizer
 from train.evaluate import RetrievalEvaluator
 from train.model import DualEncoder
+from train.model.dual import resolve_config
 from train.objectives import AlignmentObjective, gather_targets
+from train.objectives.combined import uses_sigmoid
+
+SIGLIP_BIAS_INIT = -10.0  # the sigmoid loss's starting bias: most pairs are negatives (SigLIP §3.2)
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +106,13 @@ def build_text(cfg: TrainConfig, source: PairSource, saved_json: str | None) -> 
 
     if saved_json is not None:
         tok = Tokenizer.from_str(saved_json)
+    elif cfg.model.init:  # a CLIP-family checkpoint brings its own
+        tok = Tokenizer.from_file(str(Path(cfg.model.init) / "tokenizer.json"))
     elif cfg.data.tokenizer == "train":
         tok = train_tokenizer((c for _, c in source.pairs), cfg.data.vocab_size)
     else:
         tok = load_tokenizer(cfg.data.tokenizer)
-    return TextEncoder(tok, cfg.model.text.max_len)
+    return text_encoder(cfg.model, tok)
 
 
 def validate(cfg: TrainConfig, ctx: Context, n_pairs: int) -> None:
@@ -133,6 +139,10 @@ class Trainer:
         if ckpt is not None:
             cfg = replace(ckpt["config"], run=cfg.run)  # the run's shape is fixed; logging may change
         start = load_checkpoint(init) if init is not None and ckpt is None else None
+        if cfg.model.init:  # its image size and text length decide the data's shapes
+            cfg = replace(cfg, model=resolve_config(cfg.model, read_pretrained=ckpt is None))
+        if uses_sigmoid(cfg.objective) and cfg.model.logit_bias is None:
+            cfg = replace(cfg, model=replace(cfg.model, logit_bias=SIGLIP_BIAS_INIT))
         torch.manual_seed(cfg.run.seed)
         self.train_source = make_source(cfg.data, cfg.data.train_split, cfg.model.image.image_size)
         self.val_source = make_source(cfg.data, cfg.data.val_split, cfg.model.image.image_size)
@@ -246,9 +256,8 @@ class Trainer:
         ):
             f = self.ddp(b.view1, b.view2, b.input_ids, b.attention_mask, b.ids, prefixed=prefixed)
         t = gather_targets(f)
-        out = self.objective(
-            f, t, model.queue.contents(), model.temperature(), model.codebook.vectors(), alpha
-        )
+        queue, tau, codes = model.queue.contents(), model.temperature(), model.codebook.vectors()
+        out = self.objective(f, t, queue, tau, codes, alpha, model.logit_bias)
         self.scaler.scale(out.loss).backward()
         if cfg.optim.grad_clip_norm > 0:
             self.scaler.unscale_(self.optimizer)

@@ -134,3 +134,14 @@ def code(zv, zt, zvm, ztm, codebook, tau_c, eps, n_iters) -> float:
     qv = sinkhorn([[dot(z, c) for c in codebook] for z in zvm], eps, n_iters)
     qt = sinkhorn([[dot(z, c) for c in codebook] for z in ztm], eps, n_iters)
     return 0.25 * (h(qv, zt) + h(qt, zv) + h(qv, zv) + h(qt, zt))
+
+
+def sigmoid_pairs(zt: list[Vec], zv: list[Vec], ids: list[int], tau: float, bias: float) -> float:
+    """SigLIP: every (text, image) pair a binary decision, summed, over the number of texts."""
+    total = 0.0
+    for t, tid in zip(zt, ids, strict=True):
+        for v, vid in zip(zv, ids, strict=True):
+            z = 1.0 if tid == vid else -1.0
+            x = z * (dot(t, v) / tau + bias)
+            total += math.log1p(math.exp(-x)) if x > 0 else -x + math.log1p(math.exp(x))  # -log σ(x)
+    return total / len(zt)

@@ -5,11 +5,13 @@ within 1e-5 for several image sizes, patch sizes and text lengths, padded rows i
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.helpers import clip_tokenizer
 from train.model.clip import from_state_dict, load_hf, logits, open_clip_to_hf
 from train.model.layers import l2_normalize
 
@@ -171,21 +173,6 @@ def test_an_open_clip_checkpoint_loads_and_equals_the_reference(tmp_path: Path) 
     assert (logits(image, text, heads) - want.logits_per_text).abs().max() <= TOL * 10
 
 
-def clip_tokenizer(folder: Path) -> Path:
-    """A small CLIP byte-level BPE (every byte, alone and word-final, a few merges), saved by
-    transformers' CLIPTokenizer as the tokenizer.json a CLIP checkpoint ships."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    chars = list(bytes_to_unicode().values())
-    merges = ["t h", "th e</w>", "d o", "do g</w>", "c a", "ca t</w>", "o n</w>"]
-    vocab_list = chars + [c + "</w>" for c in chars] + [m.replace(" ", "") for m in merges]
-    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
-    pairs = [tuple(m.split(" ")) for m in merges]
-    tok = transformers.CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab_list)}, merges=pairs)
-    tok.save_pretrained(folder)
-    return folder
-
-
 def test_clip_text_is_tokenised_as_the_reference_does(tmp_path: Path) -> None:
     from tokenizers import Tokenizer
 
@@ -201,3 +188,34 @@ def test_clip_text_is_tokenised_as_the_reference_does(tmp_path: Path) -> None:
         ids, mask = ours.encode(texts)
         assert torch.equal(ids, want["input_ids"]) and torch.equal(mask, want["attention_mask"])
         assert all(row[m.sum() - 1] == reference.eos_token_id for row, m in zip(ids, mask, strict=True))
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_model_init_starts_the_dual_encoder_at_the_checkpoint(tmp_path: Path, family: str) -> None:
+    """`model.init`: towers, projections (SigLIP's identity image head) and temperature from the
+    checkpoint; texts padded as the family needs (SigLIP: to the full length)."""
+    from tokenizers import Tokenizer
+
+    from tests.helpers import random_clip, small
+    from train.data.tokenizer import text_encoder
+    from train.model import DualEncoder
+    from train.model.dual import resolve_config
+
+    path = random_clip(tmp_path / family, family)
+    reference = (transformers.CLIPModel if family == "clip" else transformers.SiglipModel).from_pretrained(
+        path
+    )
+    cfg = resolve_config(small(f"model.init={path}").model)
+    model = DualEncoder(cfg).eval()
+    ids, mask = text_encoder(cfg, Tokenizer.from_file(str(path / "tokenizer.json"))).encode(
+        ["the dog", "a cat on"]
+    )
+    assert (ids.shape[1] == cfg.text.max_len) == (family == "siglip")
+    pixels = torch.rand(2, 3, 32, 32)
+    mean, std = torch.tensor(cfg.image.mean).view(1, 3, 1, 1), torch.tensor(cfg.image.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want = reference.eval()(input_ids=ids, attention_mask=mask, pixel_values=(pixels - mean) / std)
+        image, text = model.encode_image(pixels).global_, model.encode_text(ids, mask).global_
+    assert (image - want.image_embeds).abs().max() <= TOL and (text - want.text_embeds).abs().max() <= TOL
+    scale_temp = math.exp(-float(reference.logit_scale))  # within the configured range
+    assert abs(float(model.temp) - min(max(scale_temp, cfg.temp_min), cfg.temp_max)) <= 1e-6

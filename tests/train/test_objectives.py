@@ -20,6 +20,7 @@ from train.objectives import (
     lmi_loss,
     sinkhorn,
 )
+from train.objectives.sigmoid import sigmoid_loss
 
 TOL = 1e-6
 B, M, D, K, NV, NT = 5, 6, 8, 7, 4, 6
@@ -233,3 +234,14 @@ def test_online_columns_without_queue_are_clips_symmetric_infonce(batch: dict) -
     albef = grads(online=False)  # same loss value, half the gradient paths
     assert torch.allclose(albef[0], want[0], atol=1e-9)
     assert (albef[2] - want[2]).abs().max() > 1e-3
+
+
+def test_sigmoid_matches_loops_and_takes_the_place_of_cma(batch: dict) -> None:
+    b = batch
+    bias = torch.tensor(-3.0, dtype=torch.float64)
+    got = sigmoid_loss(b["zt"], b["zv"], b["ids"], b["ids"], b["tau"], bias)
+    want = ref.sigmoid_pairs(L(b["zt"]), L(b["zv"]), L(b["ids"]), 0.07, -3.0)
+    assert abs(got.item() - want) < TOL
+    cfg = ObjectiveConfig(preset="codis", cross_modal="sigmoid")
+    assert AlignmentObjective(cfg, 0.1).terms == ("sigmoid", "code")
+    assert AlignmentObjective(ObjectiveConfig(preset="sigmoid"), 0.1).terms == ("sigmoid",)

@@ -4,6 +4,8 @@ ships, so training and serving split text identically.
 - `load_tokenizer("minilm-l6" | PATH)`: an existing BERT WordPiece tokenizer.
 - `train_tokenizer(captions, vocab_size)`: a BERT-style uncased WordPiece vocabulary built from
   the training captions' most frequent words, for from-scratch text towers.
+- `text_encoder(model_cfg, tokenizer)`: the TextEncoder a model's texts need (its max length; a
+  CLIP-family model's pad id and padding), what training and export both build.
 - `TextEncoder.encode(texts)`: ids and mask (B, L), truncated to max_len and padded to the
   longest text of the batch, not to max_len — or to max_len where the model pools the last
   position (SigLIP: `pad_to_max_len`). The pad id is the tokenizer's [PAD] unless given (CLIP pads
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+from train.config import ModelConfig
 from train.model.pretrained import minilm_l6_dir
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0-4 in a trained vocabulary
@@ -84,3 +87,17 @@ class TextEncoder:
             ids[i, : len(e.ids)] = torch.tensor(e.ids)
             mask[i, : len(e.ids)] = 1
         return ids, mask
+
+
+def text_encoder(model: ModelConfig, tokenizer: Tokenizer) -> TextEncoder:
+    if not model.clip_config:
+        return TextEncoder(tokenizer, model.text.max_len)
+    import json
+
+    from train.model.clip import shapes_from_hf
+
+    shapes = shapes_from_hf(json.loads(model.clip_config))
+    if shapes.family == "siglip":  # pools the last position: trained on texts padded to full length
+        return TextEncoder(tokenizer, model.text.max_len, shapes.pad_id, pad_to_max_len=True)
+    # CLIP pads with its end-of-text token (masked, so only its validity as an id matters)
+    return TextEncoder(tokenizer, model.text.max_len, tokenizer.token_to_id("<|endoftext|>") or shapes.pad_id)

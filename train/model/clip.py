@@ -149,7 +149,7 @@ class VisionEmbeddings(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         patches = self.patch_embedding(pixels).flatten(2).transpose(1, 2)  # (B, P, W)
         if self.class_embedding is not None:
-            cls = self.class_embedding.to(patches.dtype).expand(len(patches), 1, -1)  # (B, 1, W)
+            cls = self.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)  # (B, 1, W)
             patches = torch.cat([cls, patches], dim=1)  # (B, 1 + P, W)
         return patches + self.position_embedding.weight.to(patches.dtype)  # (B, N, W)
 
@@ -194,7 +194,7 @@ class AttentionPoolHead(nn.Module):
         self.mlp = Mlp(s.width, s.mlp, s.act)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        probe = self.probe.expand(len(h), -1, -1)  # (B, 1, W)
+        probe = self.probe.expand(h.shape[0], -1, -1)  # (B, 1, W)
         pooled = self.attention(probe, h, h, need_weights=False)[0]  # (B, 1, W)
         pooled = pooled + self.mlp(self.layernorm(pooled))
         return pooled[:, 0]  # (B, W)
@@ -285,7 +285,7 @@ class ClipTextTower(_Staged):
     def pool(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The end-of-text token: the last real token of each (right-padded) row."""
         last = mask.long().sum(dim=1) - 1  # (B,)
-        return h[torch.arange(len(h), device=h.device), last]  # (B, W)
+        return h[torch.arange(h.shape[0], device=h.device), last]  # (B, W)
 
     def stage_groups(self) -> list[list[nn.Module | nn.Parameter]]:
         return [[self.embeddings], *[[layer] for layer in self.encoder.layers], [self.final_layer_norm]]
@@ -323,7 +323,35 @@ def shapes_from_hf(config: dict) -> ClipShapes:
 
 
 def read_hf_config(path: str | Path) -> ClipShapes:
-    return shapes_from_hf(json.loads((Path(path) / "config.json").read_text()))
+    return shapes_from_hf(json.loads(read_config_text(path)))
+
+
+def read_config_text(path: str | Path) -> str:
+    """A checkpoint directory's config.json, checked to be CLIP's or SigLIP's, as compact JSON."""
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"model.init {path}: no config.json (a Hugging Face CLIPModel or SiglipModel directory)"
+        )
+    config = json.loads(file.read_text())
+    shapes_from_hf(config)  # refuses other model types by name
+    return json.dumps(config, sort_keys=True)
+
+
+DEFAULT_PIXELS = {  # (mean, std) of RGB in [0, 1] each family was trained with
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+
+def pixel_statistics(path: str | Path, family: Family) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The checkpoint's preprocessor_config.json image_mean/std where it has one, else its family's."""
+    file = Path(path) / "preprocessor_config.json" if path else None
+    if file is not None and file.is_file():
+        pre = json.loads(file.read_text())
+        if "image_mean" in pre and "image_std" in pre:
+            return tuple(pre["image_mean"]), tuple(pre["image_std"])
+    return DEFAULT_PIXELS[family]
 
 
 def build_towers(s: ClipShapes) -> tuple[_Staged, ClipTextTower]:

@@ -12,12 +12,17 @@ bakes into the ONNX graph). Texts enter as token ids and attention mask (B, L).
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from train.config import ImageTowerConfig, ModelConfig, TextTowerConfig
+from train.model import clip
 from train.model.bert import BertTextTower
 from train.model.efficientnet import LITE0_MEAN, LITE0_STD, EfficientNetLite0
 from train.model.heads import Codebook, ProjectionHead
@@ -40,8 +45,15 @@ class Encoded:
 
 
 def resolve_config(cfg: ModelConfig, read_pretrained: bool = True) -> ModelConfig:
-    """Fills what the towers imply: pixel statistics, and (when `read_pretrained`) a pretrained
-    BERT's shapes from its config.json. Checkpoints store the resolved config."""
+    """Fills what the towers imply: a CLIP-family checkpoint's shapes (`model.init`), pixel
+    statistics, and (when `read_pretrained`) a pretrained BERT's shapes from its config.json.
+    Checkpoints store the resolved config."""
+    if cfg.init and not cfg.clip_config:
+        if not read_pretrained:
+            raise ValueError("model.init is set but its config was never resolved (clip_config is empty)")
+        cfg = replace(cfg, clip_config=clip.read_config_text(cfg.init))
+    if cfg.clip_config:
+        return clip_config(cfg, read_pretrained)
     image = cfg.image
     if image.mean is None or image.std is None:
         lite = image.kind == "efficientnet_lite0"
@@ -52,8 +64,6 @@ def resolve_config(cfg: ModelConfig, read_pretrained: bool = True) -> ModelConfi
         )
     text = cfg.text
     if text.pretrained and read_pretrained:
-        import json
-
         from train.model.bert import hf_to_config
 
         hf = json.loads((resolve_text_dir(text.pretrained) / "config.json").read_text())
@@ -61,20 +71,55 @@ def resolve_config(cfg: ModelConfig, read_pretrained: bool = True) -> ModelConfi
     return replace(cfg, image=image, text=text)
 
 
-def build_image_tower(cfg: ImageTowerConfig, regions_side: int, load_weights: bool) -> nn.Module:
-    if cfg.mirror_average and cfg.kind != "efficientnet_lite0":
-        raise ValueError(f"image.mirror_average needs a convolutional tower, not {cfg.kind!r}")
-    if cfg.kind == "efficientnet_lite0":
-        tower = EfficientNetLite0(cfg.image_size, regions_side, cfg.drop_path)
-        if load_weights and cfg.pretrained:
-            tower.load_pretrained(cfg.pretrained)
-        return tower
+def clip_config(cfg: ModelConfig, read_pretrained: bool) -> ModelConfig:
+    """The shapes a CLIP-family checkpoint dictates, written into the image/text configs (what
+    export and the int8 calibration read), with its pixel statistics."""
+    shapes = clip.shapes_from_hf(json.loads(cfg.clip_config))
+    if cfg.image.mirror_average:
+        raise ValueError(f"image.mirror_average needs a convolutional tower, not {shapes.family!r}")
+    v, t = shapes.vision, shapes.text
+    mean, std = cfg.image.mean, cfg.image.std
+    if mean is None or std is None:
+        mean, std = clip.pixel_statistics(cfg.init if read_pretrained else "", shapes.family)
+    image = replace(
+        cfg.image, kind=shapes.family, image_size=shapes.image_size, patch_size=shapes.patch_size,
+        width=v.width, depth=v.depth, heads=v.heads, mlp_ratio=v.mlp / v.width, mean=mean, std=std,
+    )  # fmt: skip
+    text = replace(
+        cfg.text, vocab_size=shapes.vocab_size, width=t.width, depth=t.depth, heads=t.heads,
+        intermediate=t.mlp, layer_norm_eps=t.eps, max_len=min(cfg.text.max_len, shapes.max_len),
+    )  # fmt: skip
+    return replace(cfg, image=image, text=text, embed_dim=shapes.embed_dim)
+
+
+def _efficientnet(cfg: ImageTowerConfig, regions_side: int, load_weights: bool) -> nn.Module:
+    tower = EfficientNetLite0(cfg.image_size, regions_side, cfg.drop_path)
+    if load_weights and cfg.pretrained:
+        tower.load_pretrained(cfg.pretrained)
+    return tower
+
+
+def _vit(cfg: ImageTowerConfig, regions_side: int, load_weights: bool) -> nn.Module:
     vit = VisionTransformer(
         cfg.image_size, cfg.patch_size, cfg.width, cfg.depth, cfg.heads, cfg.mlp_ratio, regions_side
     )
     if load_weights and cfg.pretrained:
         vit.load_pretrained(cfg.pretrained)
     return vit
+
+
+IMAGE_TOWERS: dict[str, Callable[[ImageTowerConfig, int, bool], nn.Module]] = {
+    "efficientnet_lite0": _efficientnet,
+    "vit": _vit,
+}  # CLIP-family image towers come with their text tower, from one checkpoint (`Towers`)
+
+
+def build_image_tower(cfg: ImageTowerConfig, regions_side: int, load_weights: bool) -> nn.Module:
+    if cfg.mirror_average and cfg.kind != "efficientnet_lite0":
+        raise ValueError(f"image.mirror_average needs a convolutional tower, not {cfg.kind!r}")
+    if cfg.kind not in IMAGE_TOWERS:
+        raise ValueError(f"image.kind {cfg.kind!r} is one of {', '.join(IMAGE_TOWERS)} (or set model.init)")
+    return IMAGE_TOWERS[cfg.kind](cfg, regions_side, load_weights)
 
 
 def build_text_tower(cfg: TextTowerConfig, load_weights: bool) -> BertTextTower:
@@ -86,11 +131,39 @@ def build_text_tower(cfg: TextTowerConfig, load_weights: bool) -> BertTextTower:
 class Towers(nn.Module):
     def __init__(self, cfg: ModelConfig, load_weights: bool) -> None:
         super().__init__()
+        text_dropout = cfg.head_dropout if cfg.text_head_dropout is None else cfg.text_head_dropout
+        self.logit_scale: float | None = None  # a CLIP-family checkpoint's, when its weights were loaded
+        self.logit_bias: float | None = None  # a SigLIP checkpoint's, likewise
+        if cfg.clip_config:
+            self._clip(cfg, load_weights, text_dropout)
+            return
         self.image_tower = build_image_tower(cfg.image, cfg.regions_side, load_weights)
         self.text_tower = build_text_tower(cfg.text, load_weights)
         self.image_head = ProjectionHead(int(self.image_tower.width), cfg.embed_dim, cfg.head_dropout)
-        text_dropout = cfg.head_dropout if cfg.text_head_dropout is None else cfg.text_head_dropout
         self.text_head = ProjectionHead(self.text_tower.width, cfg.embed_dim, text_dropout)
+
+    def _clip(self, cfg: ModelConfig, load_weights: bool, text_dropout: float) -> None:
+        """Both towers from one CLIP or SigLIP checkpoint; its projections become the heads (no
+        bias for CLIP; SigLIP's vision tower pools into the joint space itself: an identity head)."""
+        shapes = clip.shapes_from_hf(json.loads(cfg.clip_config))
+        siglip = shapes.family == "siglip"
+        if load_weights and cfg.init:
+            image, text, heads = clip.from_state_dict(shapes, clip.read_state_dict(Path(cfg.init)))
+            self.logit_scale = heads.logit_scale
+            self.logit_bias = heads.logit_bias if siglip else None
+        else:
+            image, text = clip.build_towers(shapes)
+            heads = None
+        self.image_tower, self.text_tower = image, text
+        self.image_head = ProjectionHead(shapes.vision.width, cfg.embed_dim, cfg.head_dropout, bias=False)
+        self.text_head = ProjectionHead(shapes.text.width, cfg.embed_dim, text_dropout, bias=siglip)
+        with torch.no_grad():
+            if siglip:
+                self.image_head.proj.weight.copy_(torch.eye(cfg.embed_dim, shapes.vision.width))
+            elif heads is not None and heads.image is not None:
+                self.image_head.proj.weight.copy_(heads.image.weight)
+            if heads is not None:
+                self.text_head.proj.load_state_dict(heads.text.state_dict())
 
     def encode_image(self, h: torch.Tensor, start: int = 0, mirrored: bool = False) -> Encoded:
         """From normalised pixels (start = 0) or the hidden state after `start` stages.
@@ -131,7 +204,12 @@ class DualEncoder(nn.Module):
         for head in (self.momentum.image_head, self.momentum.text_head):
             head.dropout.p = 0.0  # head dropout regularises the student, never the teacher's targets
         self.codebook = Codebook(cfg.codebook_size, cfg.embed_dim)
-        self.temp = nn.Parameter(torch.tensor(cfg.temp_init))
+        temp = cfg.temp_init if self.online.logit_scale is None else math.exp(-self.online.logit_scale)
+        self.temp = nn.Parameter(torch.tensor(min(max(temp, cfg.temp_min), cfg.temp_max)))
+        self.logit_bias: nn.Parameter | None = None  # the sigmoid objective's b (config, or SigLIP's own)
+        if cfg.logit_bias is not None:
+            bias = cfg.logit_bias if self.online.logit_bias is None else self.online.logit_bias
+            self.logit_bias = nn.Parameter(torch.tensor(bias))
         self.queue = PairQueue(cfg.queue_size, cfg.embed_dim)
         assert cfg.image.mean is not None and cfg.image.std is not None
         self.register_buffer("pixel_mean", torch.tensor(cfg.image.mean).view(1, 3, 1, 1), persistent=False)

@@ -15,10 +15,10 @@ from train.model.layers import l2_normalize
 
 
 class ProjectionHead(nn.Module):
-    def __init__(self, width: int, dim: int, dropout: float = 0.0) -> None:
+    def __init__(self, width: int, dim: int, dropout: float = 0.0, bias: bool = True) -> None:
         super().__init__()
         self.dropout = nn.Dropout(dropout)
-        self.proj = nn.Linear(width, dim)
+        self.proj = nn.Linear(width, dim, bias=bias)  # CLIP's projections have no bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return l2_normalize(self.proj(self.dropout(x)))  # (..., d)

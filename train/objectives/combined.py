@@ -4,6 +4,8 @@
     tcl     = CMA + IMC + LMI                 (TCL: its six terms, each pair halved, equal weights)
     codis   = CMA + CODE                      (CODIS without its fusion-encoder terms)
     tessera = CMA + IMC + LMI + CODE
+    sigmoid = SIGMOID                         (SigLIP's pairwise loss; `cross_modal = "sigmoid"` puts
+                                               it in place of CMA in any other preset)
 
 Rows are this rank's samples; columns are the gathered momentum batch followed by the queue (for
 CMA with `online_columns`, the gathered online batch with gradient, then the queue). The returned
@@ -25,13 +27,19 @@ from train.objectives.common import as_float
 from train.objectives.features import GatheredTargets, StepFeatures
 from train.objectives.imc import imc_loss
 from train.objectives.lmi import lmi_loss
+from train.objectives.sigmoid import sigmoid_loss
 
 PRESET_TERMS: dict[Preset, tuple[str, ...]] = {
     "itc": ("cma",),
     "tcl": ("cma", "imc", "lmi"),
     "codis": ("cma", "code"),
     "tessera": ("cma", "imc", "lmi", "code"),
+    "sigmoid": ("sigmoid",),
 }
+
+
+def uses_sigmoid(cfg: ObjectiveConfig) -> bool:
+    return cfg.preset == "sigmoid" or cfg.cross_modal == "sigmoid"
 
 
 @dataclass
@@ -46,9 +54,13 @@ class AlignmentObjective:
     def __init__(self, cfg: ObjectiveConfig, codebook_temp: float) -> None:
         self.cfg = cfg
         self.codebook_temp = codebook_temp
-        self.terms = PRESET_TERMS[cfg.preset]
+        terms = PRESET_TERMS[cfg.preset]
+        if cfg.cross_modal == "sigmoid":
+            terms = tuple("sigmoid" if t == "cma" else t for t in terms)
+        self.terms = terms
         self.weights = {
             "cma": cfg.weight_cma,
+            "sigmoid": cfg.weight_cma,  # the cross-modal term's weight, whichever form it takes
             "imc": cfg.weight_imc,
             "lmi": cfg.weight_lmi,
             "code": cfg.weight_code,
@@ -66,6 +78,7 @@ class AlignmentObjective:
         tau: torch.Tensor,
         codebook: torch.Tensor,  # (K, d), normalised
         alpha: float,
+        logit_bias: torch.Tensor | None = None,  # the sigmoid term's b
     ) -> ObjectiveOutput:
         q_image, q_text, q_ids = queue
         image, text = as_float(f.image), as_float(f.text)
@@ -85,6 +98,9 @@ class AlignmentObjective:
                 image, text, image_m, text_m, student_image, student_text,
                 f.ids, col_ids, tau, self.alpha(alpha), cols_image, cols_text,
             )  # fmt: skip
+        if "sigmoid" in self.terms:
+            assert logit_bias is not None, "the sigmoid objective needs model.logit_bias"
+            terms["sigmoid"] = sigmoid_loss(text, all_gather_with_grad(image), f.ids, t.ids, tau, logit_bias)
         if "imc" in self.terms:
             terms["imc"] = imc_loss(image, text, cols_image, cols_text, f.ids, col_ids, tau)
         if "lmi" in self.terms:
