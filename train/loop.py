@@ -82,24 +82,6 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) 
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def param_groups(model: DualEncoder, lr: float, weight_decay: float, tower_scale: float) -> list[dict]:
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        tower = name.startswith(("online.image_tower.", "online.text_tower."))
-        decay = p.ndim >= 2 and not name.startswith("codebook.") and "embeddings" not in name
-        groups.setdefault((tower, decay), []).append(p)
-    return [
-        {
-            "params": ps,
-            "lr": lr * (tower_scale if tower else 1.0),
-            "weight_decay": weight_decay if decay else 0.0,
-        }
-        for (tower, decay), ps in sorted(groups.items())
-    ]
-
-
 def build_text(cfg: TrainConfig, source: PairSource, saved_json: str | None) -> TextEncoder:
     """The checkpoint's tokenizer on resume; else the configured one (trained when asked)."""
     from tokenizers import Tokenizer
@@ -163,17 +145,18 @@ class Trainer:
         if "code" not in self.objective.terms:
             model.codebook.weight.requires_grad_(False)  # unused: keep DDP's reducer exact
         self.model = model.to(self.ctx.device)
-        o = cfg.optim
+        optim = cfg.optim
         self.optimizer = torch.optim.AdamW(
-            param_groups(model, o.lr, o.weight_decay, o.tower_lr_scale), lr=o.lr, betas=(0.9, o.beta2),
+            model.optimizer_groups(optim.lr, optim.weight_decay, optim.tower_lr_scale), lr=optim.lr,
+            betas=(0.9, optim.beta2),
             fused=self.ctx.device.type in ("cpu", "cuda"),  # one kernel over all tensors (decisions §4)
         )  # fmt: skip
         for g in self.optimizer.param_groups:
             g["base_lr"] = g["lr"]
         self.steps_per_epoch = EpochBatches.per_epoch(
-            len(self.train_source.pairs), o.batch_size, self.ctx.world
+            len(self.train_source.pairs), optim.batch_size, self.ctx.world
         )
-        self.total_steps = o.max_steps or math.ceil(o.epochs * self.steps_per_epoch)
+        self.total_steps = optim.max_steps or math.ceil(optim.epochs * self.steps_per_epoch)
         self.step, self.best_rsum, self.metrics = 0, -1.0, {}
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
@@ -182,7 +165,7 @@ class Trainer:
             self.metrics = ckpt["metrics"]
             self.best_rsum = ckpt.get("best_rsum", self.metrics.get("rsum", -1.0))
             set_rng_state(ckpt["rng"])
-        self.average = WeightAverage(model, o.ema_decay) if o.ema_decay > 0 else None
+        self.average = WeightAverage(model, optim.ema_decay) if optim.ema_decay > 0 else None
         if self.average is not None and ckpt is not None:
             self.average.load_state_dict(ckpt["ema"])
         self.ddp = (
@@ -244,33 +227,35 @@ class Trainer:
     def train_step(self, batch: Batch, prefixed: bool) -> dict[str, float]:
         cfg, model = self.cfg, self.model
         factor = lr_factor(self.step, self.total_steps, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio)
-        for g in self.optimizer.param_groups:
-            g["lr"] = g["base_lr"] * factor
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
         ramp = max(1.0, cfg.run.alpha_ramp_epochs * self.steps_per_epoch)
         alpha = cfg.objective.alpha * min(1.0, self.step / ramp)
-        b = batch.to(self.ctx.device)
+        on_device = batch.to(self.ctx.device)
         with torch.autocast(
             self.ctx.device.type,
             self.autocast_dtype or torch.float32,
             enabled=self.autocast_dtype is not None,
         ):
-            f = self.ddp(b.view1, b.view2, b.input_ids, b.attention_mask, b.ids, prefixed=prefixed)
-        t = gather_targets(f)
+            features = self.ddp(
+                on_device.view1, on_device.view2, on_device.input_ids, on_device.attention_mask,
+                on_device.ids, prefixed=prefixed,
+            )  # fmt: skip
+        targets = gather_targets(features)
         queue, tau, codes = model.queue.contents(), model.temperature(), model.codebook.vectors()
-        out = self.objective(f, t, queue, tau, codes, alpha, model.logit_bias)
+        out = self.objective(features, targets, queue, tau, codes, alpha, model.logit_bias)
         self.scaler.scale(out.loss).backward()
         if cfg.optim.grad_clip_norm > 0:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(
-                [p for g in self.optimizer.param_groups for p in g["params"]], cfg.optim.grad_clip_norm
-            )
+            trained = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(trained, cfg.optim.grad_clip_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         if self.average is not None:
             self.average.update(model, self.step + 1)
         model.update_momentum()
-        model.queue.enqueue(t.image_m, t.text_m, t.ids)
+        model.queue.enqueue(targets.image_m, targets.text_m, targets.ids)
         self.step += 1
         logged = {"loss": out.loss.detach(), **out.terms}
         if self.ctx.world > 1:  # log the global batch's loss, not this rank's share

@@ -75,9 +75,9 @@ def L(x: torch.Tensor) -> list:
 def test_cma_matches_loops(batch: dict, alpha: float) -> None:
     b = batch
     got = cma_loss(
-        b["zv"], b["zt"], b["zvm"], b["ztm"],
-        torch.cat([b["zvm"], b["qv"]]), torch.cat([b["ztm"], b["qt"]]),
-        b["ids"], torch.cat([b["ids"], b["qids"]]), b["tau"], alpha,
+        image=b["zv"], text=b["zt"], image_m=b["zvm"], text_m=b["ztm"],
+        cols_image=torch.cat([b["zvm"], b["qv"]]), cols_text=torch.cat([b["ztm"], b["qt"]]),
+        row_ids=b["ids"], col_ids=torch.cat([b["ids"], b["qids"]]), tau=b["tau"], alpha=alpha,
     )  # fmt: skip
     want = ref.cma(
         L(b["zv"]), L(b["zt"]), L(b["zvm"]), L(b["ztm"]), L(b["qv"]), L(b["qt"]),
@@ -94,7 +94,8 @@ def test_cma_targets_spread_over_every_caption_of_the_image(batch: dict) -> None
     ids = torch.tensor([0, 1, 2, 3, 4])
     cols = torch.cat([z, z[:2]])  # queue repeats samples 0 and 1
     col_ids = torch.cat([ids, ids[:2]])
-    loss = cma_loss(z, z, z, z, cols, cols, ids, col_ids, tiny, 0.0)
+    loss = cma_loss(image=z, text=z, image_m=z, text_m=z, cols_image=cols, cols_text=cols, row_ids=ids,
+                    col_ids=col_ids, tau=tiny, alpha=0.0)  # fmt: skip
     want = (2 * torch.log(torch.tensor(2.0))) / 5  # rows 0 and 1 have two equal positives
     assert abs(loss.item() - want.item()) < 1e-6
 

@@ -342,6 +342,23 @@ class DualEncoder(nn.Module):
 
     forward = step_features  # what DistributedDataParallel wraps
 
+    def optimizer_groups(self, lr: float, weight_decay: float, tower_scale: float) -> list[dict]:
+        """AdamW's parameter groups: the towers' layers at lr × tower_scale, the rest (heads,
+        codebook, temperature) at lr; weight decay only on matrices that are not embeddings or codes.
+        Frozen (locked) parameters are left out."""
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        towers = {id(p) for t in (self.online.image_tower, self.online.text_tower) for p in t.parameters()}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            decay = p.ndim >= 2 and p is not self.codebook.weight and "embeddings" not in name
+            groups.setdefault((id(p) in towers, decay), []).append(p)
+        return [
+            {"params": ps, "lr": lr * (tower_scale if tower else 1.0),
+             "weight_decay": weight_decay if decay else 0.0}
+            for (tower, decay), ps in sorted(groups.items())
+        ]  # fmt: skip
+
     @torch.no_grad()
     def update_momentum(self) -> None:
         ema_update(self.momentum, self.online, self.cfg.momentum)

@@ -22,6 +22,7 @@ from train.objectives.common import positive_targets, soft_cross_entropy
 
 
 def cma_loss(
+    *,  # by name: twelve tensors of the same few shapes are too easy to pass in the wrong order
     image: torch.Tensor,  # z_v (B, d)
     text: torch.Tensor,  # z_t (B, d)
     image_m: torch.Tensor,  # ẑ_v of the same rows (B, d)

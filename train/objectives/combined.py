@@ -72,8 +72,8 @@ class AlignmentObjective:
 
     def __call__(
         self,
-        f: StepFeatures,
-        t: GatheredTargets,
+        features: StepFeatures,
+        targets: GatheredTargets,
         queue: tuple[torch.Tensor, torch.Tensor, torch.Tensor],  # Q_v (M, d), Q_t (M, d), ids (M,)
         tau: torch.Tensor,
         codebook: torch.Tensor,  # (K, d), normalised
@@ -81,13 +81,13 @@ class AlignmentObjective:
         logit_bias: torch.Tensor | None = None,  # the sigmoid term's b
     ) -> ObjectiveOutput:
         q_image, q_text, q_ids = queue
-        image, text = as_float(f.image), as_float(f.text)
-        image_m, text_m = as_float(f.image_m), as_float(f.text_m)
+        image, text = as_float(features.image), as_float(features.text)
+        image_m, text_m = as_float(features.image_m), as_float(features.text_m)
         q_image, q_text = q_image.to(image.dtype), q_text.to(image.dtype)
-        cols_image = torch.cat([as_float(t.image_m), q_image])  # (G+M, d)
-        cols_text = torch.cat([as_float(t.text_m), q_text])  # (G+M, d)
-        col_ids = torch.cat([t.ids, q_ids])  # (G+M,)
-        rows = t.row_offset + torch.arange(image.shape[0], device=image.device)  # (B,)
+        cols_image = torch.cat([as_float(targets.image_m), q_image])  # (G+M, d)
+        cols_text = torch.cat([as_float(targets.text_m), q_text])  # (G+M, d)
+        col_ids = torch.cat([targets.ids, q_ids])  # (G+M,)
+        rows = targets.row_offset + torch.arange(image.shape[0], device=image.device)  # (B,)
         terms: dict[str, torch.Tensor] = {}
         if "cma" in self.terms:
             student_image, student_text = cols_image, cols_text  # ALBEF: the teacher's columns
@@ -95,22 +95,24 @@ class AlignmentObjective:
                 student_image = torch.cat([all_gather_with_grad(image), q_image])  # (G+M, d)
                 student_text = torch.cat([all_gather_with_grad(text), q_text])  # (G+M, d)
             terms["cma"] = cma_loss(
-                image, text, image_m, text_m, student_image, student_text,
-                f.ids, col_ids, tau, self.alpha(alpha), cols_image, cols_text,
+                image=image, text=text, image_m=image_m, text_m=text_m,
+                cols_image=student_image, cols_text=student_text, row_ids=features.ids, col_ids=col_ids,
+                tau=tau, alpha=self.alpha(alpha), teacher_cols_image=cols_image, teacher_cols_text=cols_text,
             )  # fmt: skip
         if "sigmoid" in self.terms:
             assert logit_bias is not None, "the sigmoid objective needs model.logit_bias"
-            terms["sigmoid"] = sigmoid_loss(text, all_gather_with_grad(image), f.ids, t.ids, tau, logit_bias)
+            columns = all_gather_with_grad(image)  # (G, d)
+            terms["sigmoid"] = sigmoid_loss(text, columns, features.ids, targets.ids, tau, logit_bias)
         if "imc" in self.terms:
-            terms["imc"] = imc_loss(image, text, cols_image, cols_text, f.ids, col_ids, tau)
+            terms["imc"] = imc_loss(image, text, cols_image, cols_text, features.ids, col_ids, tau)
         if "lmi" in self.terms:
             terms["lmi"] = lmi_loss(
                 image,
                 text,
-                as_float(t.image_locals_m),
-                t.image_locals_mask,
-                as_float(t.text_locals_m),
-                t.text_locals_mask,
+                as_float(targets.image_locals_m),
+                targets.image_locals_mask,
+                as_float(targets.text_locals_m),
+                targets.text_locals_mask,
                 rows,
                 tau,
             )
