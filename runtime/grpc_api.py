@@ -62,6 +62,18 @@ class Servicer(pb_grpc.TesseraServicer):
         request_id."""
         service = self.service
         t0, code = time.perf_counter(), grpc.StatusCode.OK
+        recorded = False
+
+        def record(name: str) -> None:  # once per stream, by whichever sees its end first
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                self.metrics.rpc_done("EmbedStream", name, time.perf_counter() - t0)
+
+        # A client that cancels while this generator waits at a `yield` never resumes it: gRPC
+        # abandons the generator, whose clean-up runs whenever it is collected. The RPC's own end
+        # is the moment to count the cancellation.
+        context.add_done_callback(lambda ctx: record("CANCELLED") if ctx.cancelled() else None)
         window = Budget(service.cfg.stream_window_mb * MB, "this stream's window")
         most = receive_cost(service.cfg.max_request_bytes)
         answers: asyncio.Queue[tuple[str, Reservation | None, asyncio.Future[pb.EmbedResponse]] | None]
@@ -131,7 +143,7 @@ class Servicer(pb_grpc.TesseraServicer):
                     pending[2].cancel()
                     if pending[1] is not None:
                         pending[1].release()
-            self.metrics.rpc_done("EmbedStream", code.name, time.perf_counter() - t0)
+            record(code.name)
         if code != grpc.StatusCode.OK:
             entry = task = None  # the failed request is not kept alive by the abort's traceback (`rpc`)
             await context.abort(code, failure)
