@@ -132,6 +132,12 @@ class _Staged(nn.Module):
     def num_stages(self) -> int:
         return len(self.encoder.layers)
 
+    def run_stages(
+        self, h: torch.Tensor, start: int, stop: int, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Image tokens attend to every token (the text towers add their masks)."""
+        return self._run(h, start, stop, None)
+
     def _run(self, h: torch.Tensor, start: int, stop: int, bias: torch.Tensor | None) -> torch.Tensor:
         for layer in self.encoder.layers[start:stop]:
             h = layer(h, bias)
@@ -165,11 +171,6 @@ class ClipVisionTower(_Staged):
 
     def embed(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.pre_layrnorm(self.embeddings(x))  # (B, 1 + P, W)
-
-    def run_stages(
-        self, h: torch.Tensor, start: int, stop: int, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return self._run(h, start, stop, None)
 
     def finish(
         self, h: torch.Tensor, mask: torch.Tensor | None = None
@@ -211,11 +212,6 @@ class SiglipVisionTower(_Staged):
 
     def embed(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.embeddings(x)  # (B, P, W)
-
-    def run_stages(
-        self, h: torch.Tensor, start: int, stop: int, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return self._run(h, start, stop, None)
 
     def finish(
         self, h: torch.Tensor, mask: torch.Tensor | None = None
