@@ -65,7 +65,7 @@ def real_embeddings(bundle: Bundle, n_texts: int, n_images: int) -> tuple[np.nda
     for i in range(0, len(captions), 128):
         ids, mask = tok.pad([tok.encode(c) for c in captions[i : i + 128]])
         texts.append(text.run(None, {"input_ids": ids, "attention_mask": mask})[0])
-    decoder = ImageDecoder(bundle.manifest.image.size_px, 10**8)
+    decoder = ImageDecoder.for_bundle(bundle, 10**8)
     image = ort.InferenceSession(str(bundle.graph_path("image")), providers=["CPUExecutionProvider"])
     root = CAPTIONS.parent / "images"
     images = []

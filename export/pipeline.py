@@ -45,6 +45,7 @@ from runtime.cpu import cpu_isa
 from runtime.selfcheck import Reference, check_engine
 from train.checkpoint import load_model
 from train.config import to_dict
+from train.data.datasets import InputPolicy
 from train.data.tokenizer import TextEncoder, text_encoder
 from train.model import DualEncoder
 
@@ -124,6 +125,7 @@ class Exporter:
         self.calibration_note: dict[str, Any] = {}
         self.int8_notes: dict[str, dict[str, Any]] = {}  # graph -> what quantize_graph did
         self.reference: ReferenceSpec | None = None  # with int8: reference.npz
+        self.policy = InputPolicy()  # the model's crop and caption clean-up, once it is loaded
 
     def run(self) -> Path:
         o = self.opts
@@ -144,12 +146,8 @@ class Exporter:
         o = self.opts
         self.progress(f"load     {o.checkpoint}")
         model, ckpt = load_model(o.checkpoint)
-        if model.cfg.image.kind == "siglip":
-            raise ExportError(
-                f"{o.checkpoint}: a SigLIP model cannot be exported yet: it pools the last text position, "
-                "so texts must be padded to their full length, and the runtime pads to a batch's longest"
-            )
         model.float().eval()
+        self.policy = InputPolicy.of(model.cfg)
         text = text_encoder(model.cfg, _tokenizer(ckpt["tokenizer"]))
         self.stage_onnx(model, text, tmp)
         self.stage_assets(model, ckpt["tokenizer"], tmp)
@@ -189,7 +187,8 @@ class Exporter:
         (tmp / "tokenizer.json").write_text(tokenizer_json)
 
     def _image_cases(self, model: DualEncoder, session: Any, reference: Callable) -> list:
-        real = _calibration_images(self.opts.calibration, self.opts.max_batch)
+        size = model.cfg.image.image_size
+        real = _calibration_images(self.opts.calibration, self.opts.max_batch, self.policy, size)
         cases = []
         for what, pixels in image_inputs(model.cfg.image.image_size, self.opts.max_batch, real):
             cases.append((what, session.run(None, {"pixels": pixels}), reference(pixels)))
@@ -233,7 +232,7 @@ class Exporter:
         quantisation drift."""
         self.progress("int8     reference inputs and fp32 embeddings")
         o = self.opts
-        real = _calibration_images(o.calibration, o.max_batch)
+        real = _calibration_images(o.calibration, o.max_batch, self.policy, model.cfg.image.image_size)
         what_images, pixels = real_images(model.cfg.image.image_size, o.max_batch, real)
         what_texts, ids, mask = sentences(text)
         inputs = {"image": {"pixels": pixels}, "text": {"input_ids": ids, "attention_mask": mask}}
@@ -248,7 +247,7 @@ class Exporter:
             {"image": f"{what_images}, batch {len(pixels)}", "text": what_texts},
             {"int8": INT8_MIN_COSINE},
         )
-        return Reference(self.reference, inputs, embeddings)
+        return Reference(self.reference, inputs, embeddings, text.pad_to_max_len)
 
     def stage_int8(self, model: DualEncoder, text: TextEncoder, tmp: Path) -> None:
         backend = f"onnxruntime-cpu {ort.__version__}"
@@ -281,7 +280,7 @@ class Exporter:
             if not check.passed:
                 raise ExportError(check.describe())
         if self.opts.calibration is not None:
-            self.calibration_note = _recall_change(tmp, text, model, self.opts, self.graphs)
+            self.calibration_note = _recall_change(tmp, text, model, self.opts, self.graphs, self.policy)
             self.progress(f"int8     Recall@1 change on calibration data: {self.calibration_note}")
 
     def manifest(self, model: DualEncoder, ckpt: dict, text: TextEncoder) -> Manifest:
@@ -296,12 +295,20 @@ class Exporter:
             codebook_temp=cfg.codebook_temp,
             max_batch=self.opts.max_batch,
             image=ImageSpec(
-                cfg.image.image_size, "bicubic", "NHWC", "RGB", list(cfg.image.mean), list(cfg.image.std)
+                size_px=cfg.image.image_size,
+                resize="bicubic",
+                crop="center" if self.policy.center_crop else "none",
+                layout="NHWC",
+                channels="RGB",
+                mean=list(cfg.image.mean),
+                std=list(cfg.image.std),
             ),
             text=TextSpec(
                 "tokenizer.json",
                 cfg.text.max_len,
                 _lowercases(tok),
+                self.policy.clean_captions,
+                text.pad_to_max_len,
                 text.pad_id,
                 tok.token_to_id("[CLS]") or 0,
                 tok.token_to_id("[SEP]") or 0,
@@ -315,6 +322,9 @@ class Exporter:
                 "checkpoint_step": ckpt.get("step"),
                 "checkpoint_metrics": ckpt.get("metrics"),
                 "code_version": ckpt.get("code_version"),
+                # how the codebook began: k-means of a corpus (then trained for checkpoint_step
+                # steps: 0 for a model exported as it is), else random and trained
+                "codebook": ckpt.get("codebook_fit") or {"init": "random"},
                 "training_config": to_dict(ckpt["config"]),
                 "exporter": EXPORTER,
                 "opset": self.opts.opset,
@@ -356,34 +366,44 @@ def _lowercases(tok: Any) -> bool:
     return normalizer is not None and normalizer.normalize_str("A") == "a"
 
 
-def _calibration_images(path: Path | None, n: int) -> list[Image.Image] | None:
+def _calibration_images(
+    path: Path | None, n: int, policy: InputPolicy, size_px: int
+) -> list[Image.Image] | None:
     if path is None:
         return None
-    items = _calibration_items(path)
-    root = path.parent / "images"
-    return [Image.open(root / it.image).convert("RGB") for it in items[:n]]
+    loader = _calibration_loader(path, policy, size_px)
+    return [loader(it.image) for it in _calibration_items(path, policy)[:n]]
 
 
-def _calibration_items(path: Path) -> list:
+def _calibration_loader(path: Path, policy: InputPolicy, size_px: int) -> Callable[[str], Image.Image]:
+    """Opens a calibration image as training does (the model's crop; the views resize)."""
+    from train.data.datasets import ImageLoader
+
+    return ImageLoader(path.parent / "images", size_px, center_crop=policy.center_crop)
+
+
+def _calibration_items(path: Path, policy: InputPolicy) -> list:
     from train.data.captions import load_jsonl
 
     try:
-        return load_jsonl(path, "dev", 30)
+        return load_jsonl(path, "dev", 30, clean=policy.clean_captions)
     except ValueError:
-        return load_jsonl(path, None, 30)
+        return load_jsonl(path, None, 30, clean=policy.clean_captions)
 
 
 def _recall_change(
-    tmp: Path, text: TextEncoder, model: DualEncoder, opts: ExportOptions, graphs: dict[str, GraphSpec]
-) -> dict[str, float]:
+    tmp: Path, text: TextEncoder, model: DualEncoder, opts: ExportOptions, graphs: dict[str, GraphSpec],
+    policy: InputPolicy,
+) -> dict[str, float]:  # fmt: skip
     """Recall@1 (both ways) of the fp32 and int8 graphs on up to 500 calibration images."""
     from train.data.augment import eval_view
     from train.data.captions import retrieval_set
     from train.evaluate import recall_at_k
 
     assert opts.calibration is not None
-    rset = retrieval_set(_calibration_items(opts.calibration)[:500])
-    root, size = opts.calibration.parent / "images", model.cfg.image.image_size
+    rset = retrieval_set(_calibration_items(opts.calibration, policy)[:500])
+    size = model.cfg.image.image_size
+    loader = _calibration_loader(opts.calibration, policy, size)
     out: dict[str, float] = {}
     for suffix in ("", "_int8"):
         img_s, txt_s = (  # each with the session its graph asks for
@@ -391,7 +411,7 @@ def _recall_change(
                      graphs[f"{key}{suffix}"].session_config)
             for key in ("image", "text")
         )  # fmt: skip
-        images = [np.asarray(eval_view(Image.open(root / r), size), dtype=np.uint8) for r in rset.images]
+        images = [np.asarray(eval_view(loader(r), size), dtype=np.uint8) for r in rset.images]
         img = np.concatenate(
             [img_s.run(None, {"pixels": np.stack(images[i : i + 32])})[0] for i in range(0, len(images), 32)]
         )

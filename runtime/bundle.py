@@ -1,6 +1,6 @@
 """The bundle contract: what `export` writes and `runtime` serves. No torch here.
 
-    BUNDLE/manifest.json         schema "tessera.bundle/2": everything below, described, sealed
+    BUNDLE/manifest.json         schema "tessera.bundle/3": everything below, described, sealed
     BUNDLE/image_encoder.onnx    uint8 NHWC RGB [B, S, S, 3] -> embedding [B, d], code_scores [B, K]
     BUNDLE/text_encoder.onnx     input_ids, attention_mask int64 [B, L] -> embedding, code_scores
     BUNDLE/*.int8.onnx           optional dynamically quantised graphs (CPU)
@@ -30,7 +30,7 @@ from typing import Any
 
 from runtime.errors import BundleError
 
-SCHEMA = "tessera.bundle/2"
+SCHEMA = "tessera.bundle/3"
 MANIFEST = "manifest.json"
 FINGERPRINT_PARTS = ("image_encoder.onnx", "text_encoder.onnx", "codebook.npy", "tokenizer.json")
 MODEL_FIELDS = ("embed_dim", "codebook_size", "codebook_temp", "image", "text")  # with the files, the model
@@ -60,7 +60,8 @@ class GraphSpec:
 @dataclass(frozen=True)
 class ImageSpec:
     size_px: int  # square side the graph takes
-    resize: str  # how to bring an image to size_px: "bicubic" squash (no crop), as in training
+    resize: str  # how to bring an image to size_px: "bicubic" (the interpolation, as in training)
+    crop: str  # before it: "none" (the whole image, squashed) | "center" (the centred square, CLIP)
     layout: str  # "NHWC"
     channels: str  # "RGB"
     mean: list[float]  # applied inside the graph to RGB in [0, 1]
@@ -72,6 +73,8 @@ class TextSpec:
     tokenizer: str  # file name in the bundle
     max_len: int  # tokens, [CLS] and [SEP] included; longer texts are truncated
     lowercase: bool
+    clean: bool  # the training caption clean-up before the tokenizer (False: raw text, CLIP-family)
+    pad_to_max_len: bool  # every row padded to max_len (a tower that pools the last position: SigLIP)
     pad_id: int
     cls_id: int
     sep_id: int

@@ -78,7 +78,7 @@ class Embedder:
         self.bundle, self.cfg = bundle, cfg
         self.fingerprint, self.embed_dim = m.fingerprint, m.embed_dim
         self.codebook = np.load(bundle.path(m.codebook)).astype(np.float32)  # (K, d)
-        self.decoder = ImageDecoder(m.image.size_px, cfg.max_image_pixels)
+        self.decoder = ImageDecoder.for_bundle(bundle, cfg.max_image_pixels)
         self.tokenizer = TextTokenizer(bundle, cfg.max_text_chars)
         self.pool = ThreadPoolExecutor(max_workers=cfg.preprocess_threads, thread_name_prefix="preprocess")
         self.large_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preprocess-large")

@@ -44,7 +44,7 @@ class Encoder:
         self.fingerprint, self.embed_dim, self.top_k = m.fingerprint, m.embed_dim, min(top_k, m.codebook_size)
         self.batch = min(cfg.max_batch_size, m.max_batch)
         self.engines = open_engines(bundle, cfg)
-        self.decoder = ImageDecoder(m.image.size_px, cfg.max_image_pixels)
+        self.decoder = ImageDecoder.for_bundle(bundle, cfg.max_image_pixels)
         self.tokenizer = TextTokenizer(bundle, cfg.max_text_chars)
         calls = self.engines.calls
         self.run_images = image_runner(self.engines.image, calls["image"], None)

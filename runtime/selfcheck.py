@@ -11,7 +11,8 @@ the export) and every row is compared with the fp32 graph's embedding stored bes
 
 The rows run the ways the server runs them: together, in calls of at most the engine's items per
 call (runtime/footprint.py), and the first few one at a time (a batch of one takes other kernel
-paths); a text row alone is cut to its own length, as the server's length split would send it.
+paths); a text row alone is cut to its own length, as the server's length split would send it
+(unless the bundle pads every text to its full length: `TextSpec.pad_to_max_len`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Reference:
     spec: ReferenceSpec
     inputs: dict[str, dict[str, np.ndarray]]  # graph key -> {input name: (N, ...)}
     embeddings: dict[str, np.ndarray]  # graph key -> (N, d) float32, from the fp32 graph
+    full_length_text: bool = False  # texts are served padded to max_len, so never cut (SigLIP)
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def load_reference(bundle: Bundle) -> Reference | None:
             embeddings[key] = data[f"{key}.embedding"]
         except KeyError as e:
             raise BundleError(f"{path}: no array {e} for the {key} graph") from e
-    return Reference(spec, inputs, embeddings)
+    return Reference(spec, inputs, embeddings, bundle.manifest.text.pad_to_max_len)
 
 
 def check_engine(
@@ -99,7 +101,7 @@ def check_engine(
     ]
     for row in range(min(SINGLE_ROWS, len(want))):
         single = {name: x[row : row + 1] for name, x in feeds.items()}
-        if "attention_mask" in single:  # cut the padding off, as the length split serves it
+        if "attention_mask" in single and not reference.full_length_text:  # as the length split serves it
             length = int(single["attention_mask"].sum())
             single = {name: x[:, :length] for name, x in single.items()}
         got.append((engine.run(single)[0], want[row : row + 1]))

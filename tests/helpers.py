@@ -4,6 +4,7 @@ what a run's metrics say, certificates for TLS tests, and a corpus of captions a
 from __future__ import annotations
 
 import datetime
+import io
 import ipaddress
 import json
 from pathlib import Path
@@ -120,18 +121,43 @@ def clip_tokenizer(folder: Path) -> Path:
     return folder
 
 
-def random_clip(folder: Path, family: str = "clip", image_size: int = 32) -> Path:
+def siglip_tokenizer(folder: Path) -> int:
+    """A small sentencepiece unigram model trained on shapes captions, saved by transformers'
+    SiglipTokenizer as a SigLIP checkpoint ships it (spiece.model, no tokenizer.json); its size."""
+    import sentencepiece
+    import transformers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [*texts(200), "The dog on the cat!", "café naïve résumé über", "a DOG, a cat; 42 dogs"]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=72, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, minloglevel=2,
+    )  # fmt: skip
+    (folder / "spiece.model").write_bytes(model.getvalue())
+    tok = transformers.SiglipTokenizer(vocab_file=str(folder / "spiece.model"))
+    tok.save_pretrained(folder)
+    (folder / "tokenizer.json").unlink(missing_ok=True)  # what a SigLIP checkpoint has: spiece.model only
+    return len(tok)
+
+
+def random_clip(folder: Path, family: str = "clip", image_size: int = 32, layers: int = 2) -> Path:
     """A Hugging Face CLIPModel (or SiglipModel) directory of random weights with the tokenizer of
-    `clip_tokenizer`: what `model.init` takes, small enough to train in seconds."""
+    `clip_tokenizer` (or `siglip_tokenizer`): what `model.init` takes, small enough to train in
+    seconds."""
     import torch
     import transformers
 
-    clip_tokenizer(folder)
-    vocab = json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
-    text = {"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "max_position_embeddings": 24}  # fmt: skip
-    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "image_size": image_size, "patch_size": 8}  # fmt: skip
+    if family == "siglip":
+        vocab_size = siglip_tokenizer(folder)
+    else:
+        clip_tokenizer(folder)
+        vocab = json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
+        vocab_size = len(vocab)
+    shape = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": layers}
+    shape["num_attention_heads"] = 4
+    text = {**shape, "vocab_size": vocab_size, "max_position_embeddings": 24}
+    vision = {**shape, "image_size": image_size, "patch_size": 8}
     torch.manual_seed(0)
     if family == "clip":
         text |= {"eos_token_id": vocab["<|endoftext|>"], "bos_token_id": vocab["<|startoftext|>"],
@@ -139,7 +165,7 @@ def random_clip(folder: Path, family: str = "clip", image_size: int = 32) -> Pat
         config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
         transformers.CLIPModel(config).save_pretrained(folder)
     else:
-        text |= {"projection_size": 32, "pad_token_id": vocab["<|endoftext|>"]}
+        text |= {"projection_size": 32, "pad_token_id": 1}  # SiglipTokenizer pads with </s>
         transformers.SiglipModel(
             transformers.SiglipConfig(text_config=text, vision_config=vision)
         ).save_pretrained(folder)

@@ -30,6 +30,8 @@ else:  # pragma: no cover - Python 3.10
 T = TypeVar("T")
 
 ImageTowerKind = Literal["vit", "efficientnet_lite0", "clip", "siglip"]
+ImageFit = Literal["", "squash", "center_crop"]
+CodebookInit = Literal["random", "kmeans"]
 TextPooling = Literal["cls", "mean"]
 DataSource = Literal["shapes", "jsonl"]
 Augment = Literal["tcl", "light", "mirror", "none"]
@@ -63,6 +65,10 @@ class ImageTowerConfig:
     # mirror and averages the final feature maps, the mirror's flipped back: twice the image compute
     # for a steadier embedding (+5 dev RSUM on locked Flickr8k features). Training views stay single.
     mirror_average: bool = False
+    # How an image of any shape becomes the square input, in training, evaluation, export and
+    # serving: "squash" resizes it whole; "center_crop" first keeps the centred square of its
+    # shorter side (CLIP's preprocessing). "" = the tower's own (center_crop for CLIP, else squash).
+    fit: ImageFit = ""
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,10 @@ class TextTowerConfig:
     # otherwise a Hugging Face BERT directory (config.json + model.safetensors). A pretrained
     # checkpoint's config.json overrides width/depth/heads/intermediate/vocab_size.
     pretrained: str = ""
+    # Texts pass the training caption clean-up (lowercase, punctuation stripped, TCL's pre_caption)
+    # before the tokenizer, in training and serving. None = the tower's own: raw text for a
+    # CLIP-family checkpoint (its tokenizer normalises, and it was pretrained on raw text).
+    clean_captions: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,11 @@ class ModelConfig:
     # That checkpoint's config.json, filled in when the run starts so a checkpoint rebuilds the towers
     # without the directory (train/model/clip.py reads it).
     clip_config: str = ""
+    # The codebook's start: "random", or "kmeans" — spherical k-means over both towers' embeddings
+    # of the training split at the start of a new run (train/kmeans.py), how an imported model gets
+    # a codebook without training (train/configs/import.toml: zero epochs).
+    codebook_init: CodebookInit = "random"
+    codebook_kmeans_items: int = 20000  # at most this many images and as many captions are embedded
 
 
 @dataclass(frozen=True)
@@ -182,7 +197,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class LockConfig:
-    image_stages: int = 0  # leading image-tower stages frozen; -1 = the whole tower
+    image_stages: int = 0  # leading image-tower stages frozen; -1 = the whole tower, -3 all but its last 2
     text_stages: int = 0  # likewise for the text tower
     freeze_batchnorm: bool = False  # image BatchNorms of unlocked stages keep their running statistics
     cache: bool = False  # compute locked prefixes once, for `cache_views` fixed views per image

@@ -128,8 +128,8 @@ def evaluate_checkpoint(path: str, split: str, device: str = "cpu") -> dict[str,
     from tokenizers import Tokenizer
 
     from train.checkpoint import load_model
-    from train.data.datasets import make_source
-    from train.data.tokenizer import TextEncoder
+    from train.data.datasets import InputPolicy, make_source
+    from train.data.tokenizer import text_encoder
 
     model, ckpt = load_model(path, device)
     cfg = ckpt["config"]
@@ -138,8 +138,8 @@ def evaluate_checkpoint(path: str, split: str, device: str = "cpu") -> dict[str,
             f"{path} was trained without data.held_out: its {split!r} images are among the ones it "
             "trained on, so its numbers there would flatter it"
         )
-    source = make_source(cfg.data, split, cfg.model.image.image_size)
-    text = TextEncoder(Tokenizer.from_str(ckpt["tokenizer"]), cfg.model.text.max_len)
+    source = make_source(cfg.data, split, cfg.model.image.image_size, InputPolicy.of(cfg.model))
+    text = text_encoder(cfg.model, Tokenizer.from_str(ckpt["tokenizer"]))
     evaluator = RetrievalEvaluator(source.retrieval_set(0), source.loader, text, torch.device(device))
     metrics, _ = evaluator(model.to(device))
     return metrics

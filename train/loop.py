@@ -5,10 +5,11 @@ Map:
   forward (online + momentum) -> gathered targets -> objective -> backward -> clipped AdamW step
   -> momentum towers' EMA -> weight average (train/average.py, where `optim.ema_decay` > 0) ->
   queue update; logs to `metrics.jsonl`; evaluates (with the weight average, where there is one)
-  and writes `last.pt` / `best.pt`.
+  and writes `last.pt` / `best.pt`. A new run with `model.codebook_init = "kmeans"` starts its
+  codebook at k-means centroids of its embeddings (train/kmeans.py); a run of zero steps
+  (train/configs/import.toml) evaluates and saves the model as it is.
 - `lr_factor`: linear warm-up then cosine decay, a pure function of the step (exact resume).
-- `param_groups`: AdamW groups — no weight decay on biases, norms, τ and the codebook; tower
-  parameters at `tower_lr_scale` x lr.
+- AdamW's parameter groups come from the model (`DualEncoder.optimizer_groups`).
 
 Everything random is either a pure function of (seed, epoch, sample) — data order, views — or
 torch's generator, which the checkpoint stores; so a resumed run repeats an uninterrupted one.
@@ -36,9 +37,24 @@ from train.average import WeightAverage
 from train.cache import build_cache, cached_batches
 from train.checkpoint import load_checkpoint, make_payload, save_checkpoint, set_rng_state
 from train.config import TrainConfig
-from train.data.datasets import Batch, Collate, EpochBatches, PairDataset, PairSource, make_source
-from train.data.tokenizer import TextEncoder, load_tokenizer, text_encoder, train_tokenizer
+from train.data.datasets import (
+    Batch,
+    Collate,
+    EpochBatches,
+    InputPolicy,
+    PairDataset,
+    PairSource,
+    make_source,
+)
+from train.data.tokenizer import (
+    TextEncoder,
+    checkpoint_tokenizer,
+    load_tokenizer,
+    text_encoder,
+    train_tokenizer,
+)
 from train.evaluate import RetrievalEvaluator
+from train.kmeans import fit_codebook
 from train.model import DualEncoder
 from train.model.dual import resolve_config
 from train.objectives import AlignmentObjective, gather_targets
@@ -89,7 +105,7 @@ def build_text(cfg: TrainConfig, source: PairSource, saved_json: str | None) -> 
     if saved_json is not None:
         tok = Tokenizer.from_str(saved_json)
     elif cfg.model.init:  # a CLIP-family checkpoint brings its own
-        tok = Tokenizer.from_file(str(Path(cfg.model.init) / "tokenizer.json"))
+        tok = checkpoint_tokenizer(cfg.model.init)
     elif cfg.data.tokenizer == "train":
         tok = train_tokenizer((c for _, c in source.pairs), cfg.data.vocab_size)
     else:
@@ -126,8 +142,9 @@ class Trainer:
         if uses_sigmoid(cfg.objective) and cfg.model.logit_bias is None:
             cfg = replace(cfg, model=replace(cfg.model, logit_bias=SIGLIP_BIAS_INIT))
         torch.manual_seed(cfg.run.seed)
-        self.train_source = make_source(cfg.data, cfg.data.train_split, cfg.model.image.image_size)
-        self.val_source = make_source(cfg.data, cfg.data.val_split, cfg.model.image.image_size)
+        policy = InputPolicy.of(cfg.model)
+        self.train_source = make_source(cfg.data, cfg.data.train_split, cfg.model.image.image_size, policy)
+        self.val_source = make_source(cfg.data, cfg.data.val_split, cfg.model.image.image_size, policy)
         saved = ckpt or start  # a trained text tower keeps the tokenizer it was trained with
         self.text = build_text(cfg, self.train_source, saved["tokenizer"] if saved else None)
         if cfg.data.tokenizer == "train":
@@ -145,6 +162,13 @@ class Trainer:
         if "code" not in self.objective.terms:
             model.codebook.weight.requires_grad_(False)  # unused: keep DDP's reducer exact
         self.model = model.to(self.ctx.device)
+        self.codebook_fit: dict[str, Any] = (ckpt or start or {}).get("codebook_fit", {})
+        if cfg.model.codebook_init == "kmeans" and ckpt is None and self.ctx.main:
+            # rank 0 fits; DistributedDataParallel's construction below hands its weights to every rank
+            self.codebook_fit = fit_codebook(
+                model, self.train_source, self.text, cfg.model, self.ctx.device, cfg.run.seed
+            ) | {"corpus": cfg.data.jsonl or cfg.data.source, "split": cfg.data.train_split}
+            log.info("codebook: k-means of %s", self.codebook_fit)
         optim = cfg.optim
         self.optimizer = torch.optim.AdamW(
             model.optimizer_groups(optim.lr, optim.weight_decay, optim.tower_lr_scale), lr=optim.lr,
@@ -282,6 +306,8 @@ class Trainer:
             self.step, self.step // self.steps_per_epoch, self.metrics,
         )  # fmt: skip
         payload["best_rsum"] = self.best_rsum
+        if self.codebook_fit:
+            payload["codebook_fit"] = self.codebook_fit
         if self.average is not None:
             payload["ema"] = self.average.state_dict()
         save_checkpoint(self.out / name, payload)
@@ -318,6 +344,9 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if self.ctx.main:
             (self.out / "tokenizer.json").write_text(self.text.tokenizer.to_str())
+        if self.total_steps == 0:  # a model used as it is (train/configs/import.toml): evaluated, saved
+            self.eval_and_save()
+            return self.metrics
         stop_at = self.total_steps
         if cfg.run.stop_after_steps:
             stop_at = min(stop_at, self.step + cfg.run.stop_after_steps)

@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 from export.pipeline import Exporter, ExportOptions
 from runtime.launch import ServerProcess
 from tests.conftest import REPO_ROOT
-from tests.helpers import SMALL, losses, random_clip, small
+from tests.helpers import SMALL, losses, pictures, random_clip, small, texts
 from train.checkpoint import load_model
 from train.data.tokenizer import text_encoder
 from train.model import DualEncoder
@@ -114,3 +114,94 @@ def test_a_clip_checkpoint_fine_tunes_exports_and_answers_zero_shot(tmp_path: Pa
             assert np.abs(grpc_text[0] - label_vecs[0].numpy()).max() <= 1e-4  # served = trained model
     finally:
         assert server.stop() == 0
+
+
+def captioned(folder: Path, n: int) -> Path:
+    """folder/captions.jsonl: `n` shapes pictures of other shapes than square (40 x 24 px, so a crop
+    policy matters), each with two raw captions (capitals and punctuation, so a clean-up would)."""
+    lines = []
+    for i, path in enumerate(pictures(folder / "images", n, size=40)):
+        Image.open(path).resize((40, 24)).save(path)
+        first, second = texts(2 * n)[2 * i : 2 * i + 2]
+        lines.append(json.dumps({"image": path.name, "captions": [first.upper() + "!", second + ", yes."]}))
+    (folder / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    return folder / "captions.jsonl"
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_a_checkpoint_exports_as_it_is_with_a_k_means_codebook(tmp_path: Path, family: str) -> None:
+    """`--config import`: no training step; the codebook is k-means of the model's embeddings of the
+    user's captions (recorded so in the manifest); the bundle serves the checkpoint's own model with
+    its own preprocessing (CLIP: centre crop, raw text; SigLIP: squash, texts padded to full length,
+    its sentencepiece tokenizer) — the served vectors are transformers' reference model's."""
+    ckpt = random_clip(tmp_path / family, family)
+    captions = captioned(tmp_path / "data", 24)
+    out, bundle = tmp_path / "run", tmp_path / "bundle"
+    sets = [f"model.init={ckpt}", f"data.jsonl={captions}", "model.codebook_size=16", "run.progress=false"]
+    cmd = [sys.executable, "-m", "train", "--config", "import", "--out", str(out)]
+    cmd += [a for s in sets for a in ("--set", s)]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = torch.load(out / "best.pt", weights_only=True)
+    fit = saved["codebook_fit"]
+    assert saved["step"] == 0 and fit["images"] == 24 and fit["captions"] == 48 and fit["k"] == 16
+    Exporter(ExportOptions(out / "best.pt", bundle, max_batch=8, int8=True), lambda _: None).run()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["provenance"]["codebook"]["init"] == "kmeans"
+    assert manifest["image"]["crop"] == ("center" if family == "clip" else "none")
+    assert manifest["text"]["clean"] is False
+    assert manifest["text"]["pad_to_max_len"] is (family == "siglip")
+
+    # the reference: transformers' model, its tokenizer on the raw text, the family's crop
+    reference_class = transformers.CLIPModel if family == "clip" else transformers.SiglipModel
+    reference = reference_class.from_pretrained(ckpt)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(ckpt)
+    caption = "The RED circle, on a blue square!"
+    padding = "max_length" if family == "siglip" else "longest"
+    tokens = tokenizer([caption], padding=padding, max_length=manifest["text"]["max_len"], truncation=True,
+                       return_tensors="pt")  # fmt: skip
+    picture = Image.open(tmp_path / "data" / "images" / "img0000.png").convert("RGB")  # 40 x 24
+    square = picture.crop((8, 0, 32, 24)) if family == "clip" else picture
+    pixels = torch.from_numpy(np.array(square.resize((32, 32), Image.Resampling.BICUBIC))).permute(2, 0, 1)
+    mean, std = (torch.tensor(manifest["image"][k]).view(3, 1, 1) for k in ("mean", "std"))
+    with torch.no_grad():
+        want = reference.eval()(**tokens, pixel_values=((pixels.float() / 255 - mean) / std)[None])
+    codebook = np.load(bundle / "codebook.npy")
+    server = ServerProcess(bundle, "--max-wait-ms", "5", "--max-batch-size", "8")
+    try:
+        with server.client() as client:
+            text = client.embed_texts([caption])[0]
+            image = client.embed_images([(tmp_path / "data" / "images" / "img0000.png").read_bytes()])[0]
+            codes = client.lookup(np.stack([text, image]), top_k=1)
+    finally:
+        assert server.stop() == 0
+    assert np.abs(text - want.text_embeds[0].numpy()).max() <= 1e-4
+    assert np.abs(image - want.image_embeds[0].numpy()).max() <= 1e-4
+    assert [c[0][0] for c in codes] == list(np.argmax(np.stack([text, image]) @ codebook.T, axis=1))
+
+
+def test_the_two_stage_clip_recipe_runs_and_hands_its_codebook_on(tmp_path: Path) -> None:
+    """clip-locked (towers locked and cached, codebook from k-means) then clip-ft (`--init`; the
+    top two blocks of each tower train, the codebook is stage 1's, not a second k-means)."""
+    from train.config import load_train_config
+    from train.loop import train
+
+    ckpt = random_clip(tmp_path / "clip", layers=3)  # -3 (clip-ft) then locks one block of three
+    captions = captioned(tmp_path / "data", 24)
+    small_run = [f"model.init={ckpt}", f"data.jsonl={captions}", "data.held_out=", "data.val_split=train",
+                 "data.workers=0", "model.codebook_size=8", "optim.batch_size=8", "optim.max_steps=2",
+                 "optim.warmup_steps=1", "run.progress=false", f"lock.cache_dir={tmp_path}"]  # fmt: skip
+    first, second = tmp_path / "locked", tmp_path / "ft"
+    train(load_train_config("clip-locked", small_run), first)
+    stage1 = torch.load(first / "best.pt", weights_only=True)
+    assert stage1["codebook_fit"]["init"] == "kmeans"
+    train(load_train_config("clip-ft", small_run), second, init=first / "best.pt")
+    stage2 = torch.load(second / "best.pt", weights_only=True)
+    assert stage2["codebook_fit"] == stage1["codebook_fit"]  # handed on, not refitted
+    before, after = stage1["model"], stage2["model"]
+    for tower in ("image_tower", "text_tower"):
+        prefix = f"online.{tower}."
+        locked = [n for n in before if n.startswith(prefix) and ("embeddings" in n or ".layers.0." in n)]
+        top = [n for n in before if n.startswith(prefix + "encoder.layers.2.") and n.endswith("fc1.weight")]
+        assert locked and all(torch.equal(before[n], after[n]) for n in locked)
+        assert top and not any(torch.equal(before[n], after[n]) for n in top)

@@ -193,7 +193,7 @@ def test_another_schema_is_refused(bundle: Path, tmp_path: Path) -> None:
         manifest["schema"] = "tessera.bundle/1"
 
     with pytest.raises(
-        BundleError, match=r"schema 'tessera\.bundle/1' is not 'tessera\.bundle/2' .*re-export"
+        BundleError, match=r"schema 'tessera\.bundle/1' is not 'tessera\.bundle/3' .*re-export"
     ):
         load_bundle(rewritten(bundle, tmp_path / "copy", edit_manifest=older))
 

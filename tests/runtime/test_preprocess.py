@@ -1,5 +1,6 @@
-"""Preprocessing: the same text clean-up as training, JPEG draft decoding close to a full decode,
-EXIF orientation, and the pixel cap checked from the header before any pixel is decoded."""
+"""Preprocessing: the same text clean-up as training (or none, for a raw-text bundle), JPEG draft
+decoding close to a full decode, EXIF orientation, the pixel cap checked from the header before
+any pixel is decoded, CLIP's centre crop as training crops, and padding to the full length."""
 
 from __future__ import annotations
 
@@ -67,3 +68,62 @@ def test_truncated_image_is_invalid_input() -> None:
     data = jpeg(64, 64)
     with pytest.raises(InvalidInput, match="could not be decoded"):
         ImageDecoder(32, 10**8).decode(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("size", [(64, 32), (31, 80), (48, 48), (7, 6)])
+def test_center_crop_is_the_training_loaders(size: tuple[int, int], tmp_path) -> None:
+    """A CLIP bundle (`crop: center`) serves the pixels its model was trained and evaluated on:
+    the training loader's crop, then the eval view's resize — from a PNG and from raw pixels."""
+    from runtime.preprocess import center_square
+    from train.data.augment import center_square as training_center_square
+    from train.data.augment import eval_view
+    from train.data.datasets import ImageLoader
+
+    w, h = size
+    assert center_square(w, h) == training_center_square(w, h)
+    left, top, right, bottom = center_square(w, h)
+    assert (
+        right - left == bottom - top == min(w, h)
+        and abs((w - right) - left) <= 1
+        and abs((h - bottom) - top) <= 1
+    )
+    pixels = (np.random.default_rng(w * h).random((h, w, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    trained = np.asarray(eval_view(ImageLoader(tmp_path, 16, center_crop=True)("x.png"), 16))
+    decoder = ImageDecoder(16, 10**8, center_crop=True)
+    assert np.array_equal(decoder.decode((tmp_path / "x.png").read_bytes()), trained)
+    assert np.array_equal(decoder.from_pixels(w, h, pixels.tobytes()), trained)
+    squashed = ImageDecoder(16, 10**8).decode((tmp_path / "x.png").read_bytes())
+    assert np.array_equal(squashed, np.asarray(eval_view(ImageLoader(tmp_path, 16)("x.png"), 16)))
+    assert np.array_equal(squashed, trained) == (w == h)
+
+
+def test_a_raw_text_bundle_skips_the_clean_up_and_a_full_length_one_pads_to_max_len(tmp_path) -> None:
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from runtime.bundle import TextSpec
+    from runtime.preprocess import TextTokenizer
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "a": 2, "dog": 3, "dog!": 4, "A": 5}
+    tok = Tokenizer(models.WordLevel(vocab, "[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    spec = TextSpec("tokenizer.json", 6, False, clean=True, pad_to_max_len=False, pad_id=0, cls_id=0,
+                    sep_id=0)  # fmt: skip
+
+    def tokenizer(**changes: bool) -> TextTokenizer:  # what TextTokenizer reads of a bundle
+        bundle = SimpleNamespace(
+            manifest=SimpleNamespace(text=replace(spec, **changes)), path=tmp_path.joinpath
+        )
+        return TextTokenizer(bundle, 100)  # type: ignore[arg-type]
+
+    assert tokenizer().encode("A dog!").tolist() == [2, 3]  # lowercased, punctuation gone
+    assert tokenizer(clean=False).encode("A dog!").tolist() == [5, 4]  # as written
+    rows = [np.array([2, 3]), np.array([2])]
+    ids, mask = tokenizer().pad(rows)
+    assert ids.shape == (2, 2) and mask.tolist() == [[1, 1], [1, 0]]
+    ids, mask = tokenizer(pad_to_max_len=True).pad(rows)
+    assert ids.tolist() == [[2, 3, 0, 0, 0, 0], [2, 0, 0, 0, 0, 0]] and mask.sum() == 3

@@ -190,14 +190,32 @@ def test_clip_text_is_tokenised_as_the_reference_does(tmp_path: Path) -> None:
         assert all(row[m.sum() - 1] == reference.eos_token_id for row, m in zip(ids, mask, strict=True))
 
 
+def test_siglip_text_is_tokenised_as_the_reference_does(tmp_path: Path) -> None:
+    """A SigLIP checkpoint ships spiece.model only; our tokenizer.json rebuilt from it gives
+    transformers' SiglipTokenizer's ids (its punctuation removal, lowercasing, sentencepiece
+    normaliser, end-of-text), padded to the full length as SigLIP is run."""
+    from tests.helpers import siglip_tokenizer
+    from train.data.tokenizer import TextEncoder, checkpoint_tokenizer
+
+    siglip_tokenizer(tmp_path / "tok")
+    reference = transformers.AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert type(reference).__name__ == "SiglipTokenizer"
+    texts = ["The dog on the cat!", "  a  DOG,\ta cat… café 42  ", "Über-naïve résumé ①", "the " * 30, "?!"]
+    texts.append("")
+    for max_len in (8, 64):
+        want = reference(texts, truncation=True, max_length=max_len, padding="max_length",
+                         return_tensors="pt")  # fmt: skip
+        ours = TextEncoder(checkpoint_tokenizer(tmp_path / "tok"), max_len, reference.pad_token_id, True)
+        ids, mask = ours.encode(texts)
+        assert torch.equal(ids, want["input_ids"]) and torch.equal(mask, want["attention_mask"])
+
+
 @pytest.mark.parametrize("family", ["clip", "siglip"])
 def test_model_init_starts_the_dual_encoder_at_the_checkpoint(tmp_path: Path, family: str) -> None:
     """`model.init`: towers, projections (SigLIP's identity image head) and temperature from the
     checkpoint; texts padded as the family needs (SigLIP: to the full length)."""
-    from tokenizers import Tokenizer
-
     from tests.helpers import random_clip, small
-    from train.data.tokenizer import text_encoder
+    from train.data.tokenizer import checkpoint_tokenizer, text_encoder
     from train.model import DualEncoder
     from train.model.dual import resolve_config
 
@@ -207,9 +225,7 @@ def test_model_init_starts_the_dual_encoder_at_the_checkpoint(tmp_path: Path, fa
     )
     cfg = resolve_config(small(f"model.init={path}").model)
     model = DualEncoder(cfg).eval()
-    ids, mask = text_encoder(cfg, Tokenizer.from_file(str(path / "tokenizer.json"))).encode(
-        ["the dog", "a cat on"]
-    )
+    ids, mask = text_encoder(cfg, checkpoint_tokenizer(path)).encode(["the dog", "a cat on"])
     assert (ids.shape[1] == cfg.text.max_len) == (family == "siglip")
     pixels = torch.rand(2, 3, 32, 32)
     mean, std = torch.tensor(cfg.image.mean).view(1, 3, 1, 1), torch.tensor(cfg.image.std).view(1, 3, 1, 1)

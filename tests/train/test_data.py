@@ -55,6 +55,8 @@ def test_jsonl_formats_and_splits(tmp_path: Path) -> None:
     rset = retrieval_set(train)
     assert rset.captions == ["a red ball", "two dogs", "dogs playing"] and rset.caption_image == [0, 1, 1]
     assert [i.image for i in load_jsonl(path, "dev", 30)] == ["c.png"]
+    raw = load_jsonl(path, "train", 1, clean=False)  # a CLIP-family model's captions: as written
+    assert [i.captions for i in raw] == [("A red ball.",), ("Two dogs", "dogs, playing")]
     path.write_text('{"image": "a.png"}\n')
     with pytest.raises(ValueError, match=r"captions.jsonl:1: not an image-caption record"):
         load_jsonl(path, None, 30)

@@ -224,3 +224,17 @@ def test_freeze_batchnorm_keeps_running_statistics_while_the_stage_trains(freeze
     assert torch.equal(bn.running_mean, stats) is freeze_batchnorm
     assert not torch.equal(conv.weight, weight) and not torch.equal(bn.weight, gamma)  # both train
     assert not tower._blocks[-1].training  # a locked stage stays in eval mode either way
+
+
+def test_lock_counts_from_the_end_index_as_python_does() -> None:
+    """-1 locks the whole tower, -2 all but its last stage, ...: a config can unlock the top of a
+    tower whose depth only its checkpoint knows (clip-ft)."""
+    from types import SimpleNamespace
+
+    from train.model.tower import resolve_locked
+
+    tower = SimpleNamespace(num_stages=5)
+    assert [resolve_locked(tower, k) for k in (0, 3, 5, -1, -2, -3, -6)] == [0, 3, 5, 5, 4, 3, 0]  # type: ignore[arg-type]
+    for bad in (6, -7):
+        with pytest.raises(ValueError, match=f"cannot lock {bad} stages of a tower with 5"):
+            resolve_locked(tower, bad)  # type: ignore[arg-type]

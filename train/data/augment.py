@@ -30,6 +30,15 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
+def center_square(width: int, height: int) -> tuple[int, int, int, int]:
+    """The box (left, top, right, bottom) of the centred square of the shorter side: CLIP's
+    crop, which `ImageLoader` applies before any view (the runtime's twin is
+    `runtime.preprocess.center_square`; a test holds them equal)."""
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
 def eval_view(img: Image.Image, size_px: int) -> Image.Image:
     return img.convert("RGB").resize((size_px, size_px), BICUBIC)
 

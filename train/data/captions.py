@@ -38,10 +38,11 @@ class ImageCaptions:
 
 def load_jsonl(
     path: str | Path, split: str | None, max_words: int, held_out: frozenset[str] = frozenset(),
-    held_out_split: str = "test",
+    held_out_split: str = "test", clean: bool = True,
 ) -> list[ImageCaptions]:  # fmt: skip
-    """The images of `split` (all when None), captions cleaned; bad lines are named. Images named in
-    `held_out` belong to `held_out_split` whatever their line says (a split carved out of another)."""
+    """The images of `split` (all when None), captions cleaned (or only stripped, `clean=False`:
+    raw text for a CLIP-family tokenizer); bad lines are named. Images named in `held_out` belong
+    to `held_out_split` whatever their line says (a split carved out of another)."""
     out: list[ImageCaptions] = []
     path = Path(path)
     with path.open() as f:
@@ -57,7 +58,8 @@ def load_jsonl(
             row_split = held_out_split if str(image) in held_out else row.get("split", split)
             if split is not None and row_split != split:
                 continue
-            cleaned = tuple(c for c in (clean_caption(str(c), max_words) for c in caps) if c)
+            kept = (clean_caption(str(c), max_words) if clean else str(c).strip() for c in caps)
+            cleaned = tuple(c for c in kept if c)
             if cleaned:
                 out.append(ImageCaptions(str(image), cleaned))
     if not out:

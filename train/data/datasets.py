@@ -1,6 +1,7 @@
 """Training pairs and evaluation images from either source, with resumable, seeded sampling.
 
 Map:
+- `InputPolicy`: a model's crop and caption clean-up, which its bundle records for serving.
 - `PairSource`: JSONL images or generated shapes, flattened to (image, caption, image id) pairs.
 - `PairDataset`: item key (pair index, epoch, seed) -> two augmented views + caption + id; a view
   is a pure function of the key. A corrupt image is skipped with a warning that names it (the
@@ -21,8 +22,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from train.config import DataConfig
-from train.data.augment import make_view
+from train.config import DataConfig, ModelConfig
+from train.data.augment import center_square, make_view
 from train.data.captions import ImageCaptions, RetrievalSet, load_jsonl, read_held_out, retrieval_set
 from train.data.shapes import render, scene, shapes_split
 from train.data.tokenizer import TextEncoder
@@ -31,6 +32,22 @@ log = logging.getLogger(__name__)
 
 ItemKey = tuple[int, int, int]  # (pair index, epoch, seed)
 IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+@dataclass(frozen=True)
+class InputPolicy:
+    """What happens to a raw image and caption before the views and the tokenizer."""
+
+    center_crop: bool = False  # keep the centred square of the shorter side (CLIP)
+    clean_captions: bool = True  # TCL's caption clean-up; False: raw text (CLIP-family)
+
+    @classmethod
+    def of(cls, model: ModelConfig) -> InputPolicy:
+        """A (resolved) model config's policy: its settings, else its towers' own."""
+        clip_family = model.image.kind in ("clip", "siglip")
+        fit = model.image.fit or ("center_crop" if model.image.kind == "clip" else "squash")
+        clean = model.text.clean_captions
+        return cls(fit == "center_crop", (not clip_family) if clean is None else clean)
 
 
 class PairSource:
@@ -51,10 +68,14 @@ class PairSource:
 class ImageLoader:
     """Opens an image reference: a path under `root`, or a shapes scene index."""
 
-    def __init__(self, root: Path | None, size_px: int, shapes: tuple[int, str] | None = None) -> None:
+    def __init__(
+        self, root: Path | None, size_px: int, shapes: tuple[int, str] | None = None,
+        center_crop: bool = False,
+    ) -> None:  # fmt: skip
         self.root = root
         self.size_px = size_px  # JPEGs are decoded at the smallest scale still >= this side
         self.shapes = shapes  # (seed, split)
+        self.center_crop = center_crop
 
     def __call__(self, ref: str) -> Image.Image:
         if self.shapes is not None:
@@ -64,11 +85,16 @@ class ImageLoader:
         with Image.open(self.root / ref) as img:
             if img.format == "JPEG":
                 img.draft("RGB", (self.size_px, self.size_px))
-            return img.convert("RGB")
+            rgb = img.convert("RGB")
+        if self.center_crop and rgb.width != rgb.height:
+            rgb = rgb.crop(center_square(rgb.width, rgb.height))
+        return rgb
 
 
-def make_source(cfg: DataConfig, split: str, image_size: int) -> PairSource:
-    """The named split of the configured data."""
+def make_source(
+    cfg: DataConfig, split: str, image_size: int, policy: InputPolicy = InputPolicy()
+) -> PairSource:
+    """The named split of the configured data, read as the model's `policy` asks."""
     if cfg.source == "shapes":
         n = cfg.shapes_train_images if split == cfg.train_split else cfg.shapes_val_images
         items = [
@@ -81,8 +107,8 @@ def make_source(cfg: DataConfig, split: str, image_size: int) -> PairSource:
     path = Path(cfg.jsonl)
     root = Path(cfg.image_root) if cfg.image_root else path.parent / "images"
     held_out = read_held_out(cfg.held_out) if cfg.held_out else frozenset()
-    items = load_jsonl(path, split, cfg.max_words, held_out, cfg.held_out_split)
-    return PairSource(items, ImageLoader(root, image_size))
+    items = load_jsonl(path, split, cfg.max_words, held_out, cfg.held_out_split, policy.clean_captions)
+    return PairSource(items, ImageLoader(root, image_size, center_crop=policy.center_crop))
 
 
 @dataclass

@@ -2,6 +2,9 @@
 ships, so training and serving split text identically.
 
 - `load_tokenizer("minilm-l6" | PATH)`: an existing BERT WordPiece tokenizer.
+- `checkpoint_tokenizer(DIR)`: a CLIP-family checkpoint's own: its tokenizer.json, else (SigLIP)
+  its sentencepiece spiece.model rebuilt as a `tokenizers` pipeline with transformers'
+  SiglipTokenizer's text handling, so the bundle ships one tokenizer.json either way.
 - `train_tokenizer(captions, vocab_size)`: a BERT-style uncased WordPiece vocabulary built from
   the training captions' most frequent words, for from-scratch text towers.
 - `text_encoder(model_cfg, tokenizer)`: the TextEncoder a model's texts need (its max length; a
@@ -14,12 +17,16 @@ ships, so training and serving split text identically.
 
 from __future__ import annotations
 
+import json
+import re
+import string
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from train.config import ModelConfig
 from train.model.pretrained import minilm_l6_dir
@@ -31,6 +38,47 @@ def load_tokenizer(spec: str) -> Tokenizer:
     if spec == "minilm-l6":
         return Tokenizer.from_file(str(minilm_l6_dir() / "tokenizer.json"))
     return Tokenizer.from_file(spec)
+
+
+def checkpoint_tokenizer(directory: str | Path) -> Tokenizer:
+    """The tokenizer a CLIP-family checkpoint directory ships (tokenizer.json or spiece.model)."""
+    directory = Path(directory)
+    if (directory / "tokenizer.json").is_file():
+        return Tokenizer.from_file(str(directory / "tokenizer.json"))
+    if (directory / "spiece.model").is_file():
+        config = directory / "tokenizer_config.json"
+        settings = json.loads(config.read_text()) if config.is_file() else {}
+        return sentencepiece_tokenizer(directory / "spiece.model", settings.get("do_lower_case", True))
+    raise ValueError(f"model.init {directory}: no tokenizer.json or spiece.model beside the weights")
+
+
+def sentencepiece_tokenizer(path: Path, lowercase: bool = True) -> Tokenizer:
+    """SigLIP's tokenizer as transformers' SiglipTokenizer runs it: lowercase, punctuation removed,
+    whitespace collapsed and stripped, then the sentencepiece model (its own normaliser, a word-
+    start marker before every word, the unigram pieces), then end-of-text appended."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    spm = sentencepiece_model_pb2.ModelProto()
+    spm.ParseFromString(path.read_bytes())
+    trainer = spm.trainer_spec
+    vocab = [(piece.piece, piece.score) for piece in spm.pieces]
+    tok = Tokenizer(models.Unigram(vocab, trainer.unk_id, trainer.byte_fallback))
+    steps = [normalizers.Lowercase()] if lowercase else []
+    steps += [
+        normalizers.Replace(Regex(f"[{re.escape(string.punctuation)}]"), ""),
+        normalizers.Replace(Regex(r"\s+"), " "),
+        normalizers.Strip(),
+    ]
+    if spm.normalizer_spec.precompiled_charsmap:  # sentencepiece's own (NFKC) rules
+        steps.append(normalizers.Precompiled(spm.normalizer_spec.precompiled_charsmap))
+    steps.append(normalizers.Replace(Regex(" {2,}"), " "))  # as sentencepiece's remove_extra_whitespaces
+    tok.normalizer = normalizers.Sequence(steps)
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"$A {trainer.eos_piece}", special_tokens=[(trainer.eos_piece, trainer.eos_id)]
+    )
+    tok.decoder = decoders.Metaspace()
+    return tok
 
 
 def train_tokenizer(captions: Iterable[str], vocab_size: int) -> Tokenizer:
@@ -92,7 +140,6 @@ class TextEncoder:
 def text_encoder(model: ModelConfig, tokenizer: Tokenizer) -> TextEncoder:
     if not model.clip_config:
         return TextEncoder(tokenizer, model.text.max_len)
-    import json
 
     from train.model.clip import shapes_from_hf
 

@@ -37,13 +37,16 @@ class Tower(Protocol):
 
 
 def resolve_locked(tower: Tower, stages: int) -> int:
-    """-1 means the whole tower; anything else must be within [0, num_stages]."""
+    """Stages to lock, counted from the input: k in [0, num_stages]; or from the end, as Python
+    indexes: -1 the whole tower, -2 all but its last stage, -3 all but its last two (a config that
+    fine-tunes the top of towers whose depth it does not know: a CLIP checkpoint's)."""
     n = tower.num_stages
-    if stages == -1:
-        return n
-    if not 0 <= stages <= n:
-        raise ValueError(f"cannot lock {stages} stages of a tower with {n} (use -1 for all)")
-    return stages
+    locked = n + 1 + stages if stages < 0 else stages
+    if not 0 <= locked <= n:
+        raise ValueError(
+            f"cannot lock {stages} stages of a tower with {n} (0 to {n}; or -1 all, -2 all but the last, …)"
+        )
+    return locked
 
 
 def locked_parts(tower: Tower, stages: int) -> tuple[list[nn.Module], list[nn.Parameter]]:
