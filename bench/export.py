@@ -78,12 +78,20 @@ def text_feed(text: TextEncoder, batch: list[str]) -> dict[str, np.ndarray]:
     return {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
 
 
+TOWER_SIZES = {"efficientnet_lite1": 240, "efficientnet_lite2": 260}  # their ImageNet resolutions
+
+
 def fresh_checkpoint(name: str, path: Path) -> None:
     if name == "tiny":  # the tiny-shapes shapes, with the MiniLM vocabulary
         tiny = load_train_config("tiny-shapes").model
         cfg = TrainConfig(model=replace(tiny, text=replace(tiny.text, vocab_size=30522)))
     else:  # the shipped Flickr8k recipe's model: pretrained towers, untrained heads
-        cfg = TrainConfig(model=load_train_config("flickr8k-ft").model)
+        model_cfg = load_train_config("flickr8k-ft").model
+        kind = name.split("-")[0]  # "efficientnet_lite1-minilm": that image tower at its own size
+        if kind in TOWER_SIZES:
+            image = replace(model_cfg.image, kind=kind, image_size=TOWER_SIZES[kind])
+            model_cfg = replace(model_cfg, image=image)
+        cfg = TrainConfig(model=model_cfg)
     torch.manual_seed(0)
     model = DualEncoder(cfg.model)
     cfg = TrainConfig(model=model.cfg)

@@ -27,7 +27,6 @@ ALLOWED = {
     ("runtime/config.py", "gRPC itself refuses > 2x"),  # gRPC's rule
     ("export/outliers.py", "exceeds 4x the median"),  # OUTLIER_RATIO's meaning
     ("export/onnx.py", "(B, 3, S, S)"),  # a shape comment
-    ("train/model/efficientnet.py", "16 MBConv blocks"),  # the architecture
     ("train/data/shapes.py", "4x supersampling"),  # the renderer's factor
     ("train/data/shapes.py", "(4 kinds x 8 colours x 3 sizes)"),
     ("export/quantize.py", "2·255·128"),  # arithmetic of the int16 saturation

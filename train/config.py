@@ -29,7 +29,9 @@ else:  # pragma: no cover - Python 3.10
 
 T = TypeVar("T")
 
-ImageTowerKind = Literal["vit", "efficientnet_lite0", "clip", "siglip"]
+ImageTowerKind = Literal[
+    "vit", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "clip", "siglip"
+]
 ImageFit = Literal["", "squash", "center_crop"]
 CodebookInit = Literal["random", "kmeans"]
 TextPooling = Literal["cls", "mean"]

