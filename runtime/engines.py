@@ -20,6 +20,7 @@ time per engine.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -137,36 +138,58 @@ def measured(engine: Engine, bundle: Bundle, modality: str, cfg: ServeConfig) ->
     return calls
 
 
-def open_engines(bundle: Bundle, cfg: ServeConfig) -> EngineSet:
-    """The engines for cfg.backend: tensorrt (fails if it cannot), onnxruntime, or auto (TensorRT
-    where it imports and a plan for this GPU can be had, else ONNX Runtime on the best provider);
-    with cfg.int8 on or auto, the int8 graphs on the CPU, checked first (`_open_int8`)."""
-    if cfg.int8 != "off" and cfg.backend == "tensorrt":
-        raise ValueError(
-            "--int8 selects the bundle's int8 ONNX graphs (CPU); it does not combine with tensorrt"
-        )
-    if cfg.int8 != "off":
-        return _open_int8(bundle, cfg)
-    if cfg.backend in ("tensorrt", "auto"):
-        from runtime import tensorrt
+def _measured_set(bundle: Bundle, cfg: ServeConfig, image: Engine, text: Engine) -> EngineSet:
+    return EngineSet(image, text, {"image": measured(image, bundle, "image", cfg),
+                                   "text": measured(text, bundle, "text", cfg)})  # fmt: skip
 
-        if cfg.backend == "tensorrt":
-            tensorrt.import_tensorrt()  # raises MissingDependency with the install hint
-        if cfg.backend == "tensorrt" or tensorrt.available():
 
-            def fallback(key: str) -> Engine:
-                return OnnxRuntimeEngine(bundle, key, True, cfg.cpu_threads, cfg.cpu_spin)
-
-            image, text = (
-                tensorrt.engine_for(bundle, k, cfg, lambda k=k: fallback(k)) for k in ("image", "text")
-            )
-            return EngineSet(image, text, {"image": measured(image, bundle, "image", cfg),
-                                           "text": measured(text, bundle, "text", cfg)})  # fmt: skip
+def _onnxruntime(bundle: Bundle, cfg: ServeConfig) -> EngineSet:
+    """ONNX Runtime on the best provider that truly binds (a GPU's, else the CPU)."""
     image, text = (
         OnnxRuntimeEngine(bundle, k, True, cfg.cpu_threads, cfg.cpu_spin) for k in ("image", "text")
     )
-    return EngineSet(image, text, {"image": measured(image, bundle, "image", cfg),
-                                   "text": measured(text, bundle, "text", cfg)})  # fmt: skip
+    return _measured_set(bundle, cfg, image, text)
+
+
+def _tensorrt(bundle: Bundle, cfg: ServeConfig) -> EngineSet:
+    """Native TensorRT plans for this GPU: the bundle's or the cache's, else ONNX Runtime while one
+    is built in the background (runtime/tensorrt.py); fails with the install hint where TensorRT
+    does not import."""
+    from runtime import tensorrt
+
+    tensorrt.import_tensorrt()  # raises MissingDependency with the install hint
+
+    def fallback(key: str) -> Engine:
+        return OnnxRuntimeEngine(bundle, key, True, cfg.cpu_threads, cfg.cpu_spin)
+
+    image, text = (tensorrt.engine_for(bundle, k, cfg, lambda k=k: fallback(k)) for k in ("image", "text"))
+    return _measured_set(bundle, cfg, image, text)
+
+
+def _auto(bundle: Bundle, cfg: ServeConfig) -> EngineSet:
+    """TensorRT where it imports and a plan for this GPU can be had, else ONNX Runtime."""
+    from runtime import tensorrt
+
+    return _tensorrt(bundle, cfg) if tensorrt.available() else _onnxruntime(bundle, cfg)
+
+
+BACKENDS: dict[str, Callable[[Bundle, ServeConfig], EngineSet]] = {
+    "auto": _auto,
+    "onnxruntime": _onnxruntime,
+    "tensorrt": _tensorrt,
+}  # ServeConfig checks --backend against runtime.config.ENGINE_BACKENDS, these names
+
+
+def open_engines(bundle: Bundle, cfg: ServeConfig) -> EngineSet:
+    """The engines for cfg.backend (`BACKENDS`); with cfg.int8 on or auto, the int8 graphs on the
+    CPU, checked first (`_open_int8`)."""
+    if cfg.int8 == "off":
+        return BACKENDS[cfg.backend](bundle, cfg)
+    if cfg.backend == "tensorrt":
+        raise ValueError(
+            "--int8 selects the bundle's int8 ONNX graphs (CPU); it does not combine with tensorrt"
+        )
+    return _open_int8(bundle, cfg)
 
 
 def unprovable(bundle: Bundle) -> str | None:
