@@ -102,10 +102,11 @@ def main(argv: list[str] | None = None) -> None:
     ]
     for t in towers:
         f32, i8 = median(served[t, "fp32"]), median(served[t, "int8"])
-        size = load_bundle(paths[t]).manifest.image.size_px
+        manifest = load_bundle(paths[t]).manifest  # the tower the bundle really holds
+        kind = manifest.provenance["training_config"]["model"]["image"]["kind"]
         lines.append(
-            f"| {t} | {size} | {f32:.1f} | {i8:.1f} | {i8 / f32:.2f}x | {median(direct[t, 'fp32']):.1f} "
-            f"| {median(direct[t, 'int8']):.1f} | images/s |"
+            f"| {kind} | {manifest.image.size_px} | {f32:.1f} | {i8:.1f} | {i8 / f32:.2f}x "
+            f"| {median(direct[t, 'fp32']):.1f} | {median(direct[t, 'int8']):.1f} | images/s |"
         )
     publish("towers", lines, args.record)
 
