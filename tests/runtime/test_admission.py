@@ -51,7 +51,10 @@ def test_requests_waiting_to_grow_hold_at_most_their_share_and_the_rest_are_refu
         full = budget.take_now(28 * MB, "others")
         first, second = budget.take_now(6 * MB, "a call"), budget.take_now(6 * MB, "a call")
         waiting = asyncio.ensure_future(first.grow_to(20 * MB, "a big decode", wait_s=5.0))
-        await asyncio.sleep(0.01)
+        for _ in range(100):  # turns of the loop, not time: until the first is waiting
+            if budget.waiting_to_grow:
+                break
+            await asyncio.sleep(0)
         assert budget.waiting_to_grow == 6 * MB and not waiting.done()
         loop = asyncio.get_running_loop()
         t0 = loop.time()
