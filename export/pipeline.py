@@ -157,7 +157,7 @@ class Exporter:
         manifest = self.manifest(model, ckpt, text)
         manifest = replace(manifest, fingerprint=fingerprint(checksums(tmp), manifest.model_fields()))
         if o.tensorrt:
-            from export.engines import build_engines  # tensorrt is imported lazily, there
+            from export.tensorrt_plans import build_engines  # tensorrt is imported lazily, there
 
             manifest = build_engines(manifest, tmp, o, self.progress)
         self.progress("manifest checksums and fingerprint")

@@ -58,7 +58,9 @@ CallObserver = Callable[[int, int], None]  # (rows, padded length in tokens; 0 f
 
 
 @dataclass(frozen=True)
-class Embedded:
+class EngineResult:
+    """What the engines made of a request's items (the service turns it into its `Embedded`)."""
+
     embeddings: np.ndarray  # (N, d) float32
     code_scores: np.ndarray  # (N, K) float32
     queue_ms: float  # the slowest item's
@@ -134,7 +136,7 @@ class Embedder:
 
     # -- serving ----------------------------------------------------------------------------------
 
-    async def embed(self, items: list[Content], deadline_s: float | None) -> Embedded:
+    async def embed(self, items: list[Content], deadline_s: float | None) -> EngineResult:
         assert self.image is not None and self.text is not None, "start() first"
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
@@ -158,7 +160,7 @@ class Embedder:
             for i, r in zip(indices, batch, strict=True):
                 results[i] = r
         done = [r for r in results if r is not None]
-        return Embedded(
+        return EngineResult(
             embeddings=_rows([r.value[0] for r in done]),  # (N, d)
             code_scores=_rows([r.value[1] for r in done]),  # (N, K)
             queue_ms=max(r.queue_ms for r in done),

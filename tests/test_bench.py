@@ -76,6 +76,7 @@ def test_benchmark_measures_in_a_smoke_size(name: str, smoke_dir: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(SLOW))
 def test_slower_benchmark_measures_in_a_smoke_size(name: str, smoke_dir: Path) -> None:
     smoke(name, SLOW[name], smoke_dir)
