@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,31 +26,27 @@ import torch
 from runtime.bundle import load_bundle
 from runtime.client import TesseraClient
 from runtime.launch import ServerProcess
-from train.data.captions import RetrievalSet, load_jsonl, read_held_out, retrieval_set
-from train.evaluate import recall_at_k
+from train.config import TrainConfig, from_dict
+from train.data.captions import RetrievalSet
+from train.data.datasets import InputPolicy, make_source
+from train.evaluate import recall_at_k, unseen_split
 
 BATCH_ITEMS = 32  # items per Embed request
 
 
 def split_of(bundle_dir: Path, split: str, data: Path | None) -> tuple[RetrievalSet, Path]:
-    """The split's images (with the folder they are in) and raw captions, as the bundle's run read it."""
-    manifest = load_bundle(bundle_dir).manifest
-    trained = manifest.provenance.get("training_config", {}).get("data", {})
-    jsonl = Path(data or trained.get("jsonl") or "")
-    if not jsonl.is_file():
-        raise ValueError(f"no captions file to evaluate on ({jsonl}): pass --data JSONL")
-    held_out_file = trained.get("held_out", "") if data is None else ""
-    held_out_split = trained.get("held_out_split", "test")
-    if split == held_out_split and data is None and not held_out_file:
-        raise ValueError(
-            f"{bundle_dir} was trained without data.held_out: its {split!r} images are among the ones "
-            "it trained on"
-        )
-    held_out = read_held_out(held_out_file) if held_out_file else frozenset()
+    """The split's images (with the folder they are in) and raw captions, as the bundle's run read
+    it (`train.data.datasets.make_source`), or of another captions file."""
+    trained = from_dict(TrainConfig, load_bundle(bundle_dir).manifest.provenance.get("training_config", {}))
+    cfg = trained.data
+    if data is not None:  # another file: its own splits, nothing held out of them
+        cfg = replace(cfg, source="jsonl", jsonl=str(data), image_root="", held_out="")
+    else:
+        unseen_split(cfg, split, str(bundle_dir))
     # raw captions: the server applies the bundle's own clean-up, as it does for every caller
-    items = load_jsonl(jsonl, split, 10**6, held_out, held_out_split, clean=False)
-    image_root = trained.get("image_root") if data is None else ""
-    return retrieval_set(items), Path(image_root) if image_root else jsonl.parent / "images"
+    source = make_source(cfg, split, trained.model.image.image_size, InputPolicy(clean_captions=False))
+    assert source.loader.root is not None  # a JSONL source: images are files
+    return source.retrieval_set(), source.loader.root
 
 
 def batches(values: list[Any], size: int) -> Iterator[list[Any]]:

@@ -45,7 +45,7 @@ from runtime.cpu import cpu_isa
 from runtime.selfcheck import Reference, check_engine
 from train.checkpoint import load_model
 from train.config import to_dict
-from train.data.datasets import InputPolicy
+from train.data.datasets import ImageLoader, InputPolicy
 from train.data.tokenizer import TextEncoder, text_encoder
 from train.model import DualEncoder
 
@@ -377,8 +377,6 @@ def _calibration_images(
 
 def _calibration_loader(path: Path, policy: InputPolicy, size_px: int) -> Callable[[str], Image.Image]:
     """Opens a calibration image as training does (the model's crop; the views resize)."""
-    from train.data.datasets import ImageLoader
-
     return ImageLoader(path.parent / "images", size_px, center_crop=policy.center_crop)
 
 

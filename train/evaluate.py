@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from train.config import DataConfig
 from train.data.augment import eval_view, to_tensor
 from train.data.captions import RetrievalSet
 from train.data.datasets import ImageLoader
@@ -121,6 +122,15 @@ def zero_shot_accuracy(
     return 100.0 * (predicted == labels).float().mean().item()
 
 
+def unseen_split(data: DataConfig, split: str, what: str) -> None:
+    """Refuses the held-out split of a run that did not hold it out: its images were trained on."""
+    if split == data.held_out_split and not data.held_out:
+        raise ValueError(
+            f"{what} was trained without data.held_out: its {split!r} images are among the ones it "
+            "trained on, so its numbers there would flatter it"
+        )
+
+
 def evaluate_checkpoint(path: str, split: str, device: str = "cpu") -> dict[str, float]:
     """Recall@1/5/10 both ways and RSUM of a checkpoint on a split of the data it was trained with
     (`python -m train --eval-only CKPT --split test`). A held-out split is refused for a run that
@@ -133,11 +143,7 @@ def evaluate_checkpoint(path: str, split: str, device: str = "cpu") -> dict[str,
 
     model, ckpt = load_model(path, device)
     cfg = ckpt["config"]
-    if split == cfg.data.held_out_split and not cfg.data.held_out:
-        raise ValueError(
-            f"{path} was trained without data.held_out: its {split!r} images are among the ones it "
-            "trained on, so its numbers there would flatter it"
-        )
+    unseen_split(cfg.data, split, path)
     source = make_source(cfg.data, split, cfg.model.image.image_size, InputPolicy.of(cfg.model))
     text = text_encoder(cfg.model, Tokenizer.from_str(ckpt["tokenizer"]))
     evaluator = RetrievalEvaluator(source.retrieval_set(0), source.loader, text, torch.device(device))
