@@ -17,6 +17,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -41,6 +42,8 @@ class FeatureCache:
 
 # the data fields that decide which images are in the training split, and their views
 IMAGE_DATA_FIELDS = ("source", "jsonl", "image_root", "train_split", "held_out", "held_out_split", "augment")
+# augmentations whose cached views draw nothing (view v of an image is fixed): every seed shares them
+SEEDLESS_VIEWS = ("mirror", "none")
 
 
 def cache_keys(cfg: TrainConfig, tokenizer_json: str) -> tuple[str, str]:
@@ -49,6 +52,20 @@ def cache_keys(cfg: TrainConfig, tokenizer_json: str) -> tuple[str, str]:
     Two keys, two files: runs that share the image lock but not the text lock (the two stages of
     LP-FT) reuse the image views, the costly part.
     """
+    image_parts, text_parts = _key_parts(cfg, tokenizer_json)
+    return _digest(image_parts), _digest(text_parts)
+
+
+def eval_inputs_key(cfg: TrainConfig, tokenizer_json: str) -> str:
+    """Hash of everything the validation split's locked-prefix states depend on (`eval_inputs`)."""
+    image_parts, text_parts = _key_parts(cfg, tokenizer_json)
+    image_parts["image"] = to_dict(cfg.model.image)  # mirror_average doubles the images evaluated
+    del image_parts["seed"]  # evaluation views are never drawn
+    split = {"split": cfg.data.val_split, "max_images": cfg.data.val_max_images}
+    return _digest({"image": image_parts, "text": text_parts, "eval": split, "version": 1})
+
+
+def _key_parts(cfg: TrainConfig, tokenizer_json: str) -> tuple[dict, dict]:
     data = to_dict(cfg.data)
     image = to_dict(cfg.model.image)
     del image["mirror_average"]  # an eval-mode choice: training views are single either way
@@ -57,7 +74,7 @@ def cache_keys(cfg: TrainConfig, tokenizer_json: str) -> tuple[str, str]:
         "lock": [cfg.lock.image_stages, cfg.lock.cache_views],
         "data": {k: data[k] for k in IMAGE_DATA_FIELDS if k in data}
         | {k: v for k, v in data.items() if k.startswith("shapes")},
-        "seed": cfg.run.seed,
+        "seed": 0 if cfg.data.augment in SEEDLESS_VIEWS else cfg.run.seed,
         "version": 2,
     }
     if cfg.model.init:  # other weights of the same shapes: other features
@@ -73,7 +90,7 @@ def cache_keys(cfg: TrainConfig, tokenizer_json: str) -> tuple[str, str]:
     }
     if cfg.model.init:
         text_parts["init"] = image_parts["init"]
-    return _digest(image_parts), _digest(text_parts)
+    return image_parts, text_parts
 
 
 def _digest(parts: dict) -> str:
@@ -95,17 +112,18 @@ def build_cache(
         raise ValueError("lock.cache needs lock.image_stages > 0 (nothing to cache otherwise)")
     image_key, text_key = cache_keys(cfg, text.tokenizer.to_str())
     model.eval()
-    images = _load_or_build(
+    images = load_or_build(
         directory / f"{image_key}-images.pt",
         lambda: {"images": _image_views(model, source, cfg, device, show_progress)},
     )["images"]
-    texts = _load_or_build(
+    texts = load_or_build(
         directory / f"{text_key}-text.pt", lambda: _text_states(model, source, text, device)
     )
     return FeatureCache(images, texts["text"], texts["text_mask"], texts["pair_image"])
 
 
-def _load_or_build(path: Path, build: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def load_or_build(path: Path, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The tensors saved at `path`, or `build()`'s, saved there first (atomically)."""
     if path.is_file():
         log.info("feature cache: loading %s", path)
         return torch.load(path, weights_only=True)

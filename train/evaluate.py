@@ -9,9 +9,11 @@ images. RSUM is the sum of the six recalls (in percent).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from train.cache import eval_inputs_key, load_or_build
 from train.config import DataConfig
 from train.data.augment import eval_view, to_tensor
 from train.data.captions import RetrievalSet
@@ -53,7 +55,9 @@ class RetrievalEvaluator:
 
     The inputs of the set — eval-view pixels and token ids, or, for a model with locked tower
     prefixes, the prefix states — are prepared on the first call and reused: a locked prefix never
-    changes during training, so periodic evaluation only runs the trainable part.
+    changes during training, so periodic evaluation only runs the trainable part. With `store`
+    (a file named by `train.cache.eval_inputs_key`), they are also kept on disk for the next run
+    that shares them.
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class RetrievalEvaluator:
         text: TextEncoder,
         device: torch.device,
         batch_size: int = 128,
+        store: Path | None = None,
     ) -> None:
         self.rset, self.loader, self.text, self.device, self.batch_size = (
             rset,
@@ -73,24 +78,39 @@ class RetrievalEvaluator:
         )
         self._images: list[torch.Tensor] | None = None  # per batch: pixels or prefix states
         self._texts: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per batch: (ids|states, mask)
+        self.store = store
+
+    def _prepare(self, model: DualEncoder) -> None:
+        if self.store is None:
+            self._images, self._texts = self._inputs(model)
+            return
+        stored = load_or_build(
+            self.store, lambda: dict(zip(("images", "texts"), self._inputs(model), strict=True))
+        )
+        self._images = [x.to(self.device) for x in stored["images"]]
+        self._texts = [(h.to(self.device), m.to(self.device)) for h, m in stored["texts"]]
 
     @torch.no_grad()
-    def _prepare(self, model: DualEncoder) -> None:
+    def _inputs(
+        self, model: DualEncoder
+    ) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Per batch: the images' and the captions' inputs to the model's trainable stages."""
         size, refs, caps, b = (
             model.cfg.image.image_size,
             self.rset.images,
             self.rset.captions,
             self.batch_size,
         )
-        self._images = []
+        images = []
         for lo in range(0, len(refs), b):
             pixels = torch.stack([to_tensor(eval_view(self.loader(r), size)) for r in refs[lo : lo + b]])
             pixels = pixels.to(self.device)
-            self._images.append(model.image_input(pixels))  # normalised pixels, or locked prefix states
-        self._texts = []
+            images.append(model.image_input(pixels))  # normalised pixels, or locked prefix states
+        texts = []
         for lo in range(0, len(caps), b):
             ids, mask = (t.to(self.device) for t in self.text.encode(caps[lo : lo + b]))
-            self._texts.append((model.text_input(ids, mask), mask))  # token ids, or locked prefix states
+            texts.append((model.text_input(ids, mask), mask))  # token ids, or locked prefix states
+        return images, texts
 
     @torch.no_grad()
     def __call__(self, model: DualEncoder) -> tuple[dict[str, float], RetrievalEmbeddings]:
@@ -101,10 +121,16 @@ class RetrievalEvaluator:
                 self._prepare(model)
             assert self._images is not None and self._texts is not None
             images = torch.cat(
-                [model.encode_image(x, prefixed=True).global_.float().cpu() for x in self._images]
+                [
+                    model.encode_image(x, prefixed=True, with_locals=False).global_.float().cpu()
+                    for x in self._images
+                ]
             )
             captions = torch.cat(
-                [model.encode_text(h, m, prefixed=True).global_.float().cpu() for h, m in self._texts]
+                [
+                    model.encode_text(h, m, prefixed=True, with_locals=False).global_.float().cpu()
+                    for h, m in self._texts
+                ]
             )
         finally:
             model.train(was_training)
@@ -134,7 +160,10 @@ def unseen_split(data: DataConfig, split: str, what: str) -> None:
 def evaluate_checkpoint(path: str, split: str, device: str = "cpu") -> dict[str, float]:
     """Recall@1/5/10 both ways and RSUM of a checkpoint on a split of the data it was trained with
     (`python -m train --eval-only CKPT --split test`). A held-out split is refused for a run that
-    did not hold it out: its images would have been trained on."""
+    did not hold it out: its images would have been trained on. A run with a feature cache
+    shares the split's locked-prefix states through its cache directory, as its training did."""
+    from dataclasses import replace
+
     from tokenizers import Tokenizer
 
     from train.checkpoint import load_model
@@ -146,6 +175,14 @@ def evaluate_checkpoint(path: str, split: str, device: str = "cpu") -> dict[str,
     unseen_split(cfg.data, split, path)
     source = make_source(cfg.data, split, cfg.model.image.image_size, InputPolicy.of(cfg.model))
     text = text_encoder(cfg.model, Tokenizer.from_str(ckpt["tokenizer"]))
-    evaluator = RetrievalEvaluator(source.retrieval_set(0), source.loader, text, torch.device(device))
+    store = None
+    if cfg.lock.cache:  # lock as in training: the store holds the prefix states, the rest runs here
+        model.lock(cfg.lock.image_stages, cfg.lock.text_stages, cfg.lock.freeze_batchnorm)
+        directory = Path(cfg.lock.cache_dir) if cfg.lock.cache_dir else Path(path).parent / "cache"
+        split_cfg = replace(cfg, data=replace(cfg.data, val_split=split, val_max_images=0))
+        store = directory / f"{eval_inputs_key(split_cfg, ckpt['tokenizer'])}-eval.pt"
+    evaluator = RetrievalEvaluator(
+        source.retrieval_set(0), source.loader, text, torch.device(device), store=store
+    )
     metrics, _ = evaluator(model.to(device))
     return metrics

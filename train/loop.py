@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from train.average import WeightAverage
-from train.cache import build_cache, cached_batches
+from train.cache import build_cache, cached_batches, eval_inputs_key
 from train.checkpoint import load_checkpoint, make_payload, save_checkpoint, set_rng_state
 from train.config import TrainConfig
 from train.data.datasets import (
@@ -59,6 +59,7 @@ from train.model import DualEncoder
 from train.model.dual import resolve_config
 from train.objectives import AlignmentObjective, gather_targets
 from train.objectives.combined import uses_sigmoid
+from train.prefetch import prefetched
 
 SIGLIP_BIAS_INIT = -10.0  # the sigmoid loss's starting bias: most pairs are negatives (SigLIP §3.2)
 
@@ -201,8 +202,8 @@ class Trainer:
         )
         self.evaluator: RetrievalEvaluator | None = None
         self.cache = None
+        self.cache_dir = Path(cfg.lock.cache_dir) if cfg.lock.cache_dir else out_dir / "cache"
         if cfg.lock.cache:
-            directory = Path(cfg.lock.cache_dir) if cfg.lock.cache_dir else out_dir / "cache"
             if not self.ctx.main:  # rank 0 computes the cache (a path all ranks share); the rest load it
                 dist.barrier()
             self.cache = build_cache(
@@ -211,7 +212,7 @@ class Trainer:
                 self.text,
                 cfg,
                 self.ctx.device,
-                directory,
+                self.cache_dir,
                 cfg.run.progress and self.ctx.main,
             )
             if self.ctx.main and self.ctx.world > 1:
@@ -231,7 +232,8 @@ class Trainer:
             self.ctx.rank, self.ctx.world, start,
         )  # fmt: skip
         if self.cache is not None:
-            for b in cached_batches(self.cache, sampler, text_is_states=self.model.text_locked > 0):
+            batches = cached_batches(self.cache, sampler, text_is_states=self.model.text_locked > 0)
+            for b in prefetched(batches):
                 yield b, True
             return
         loader = torch.utils.data.DataLoader(
@@ -263,7 +265,7 @@ class Trainer:
         ):
             features = self.ddp(
                 on_device.view1, on_device.view2, on_device.input_ids, on_device.attention_mask,
-                on_device.ids, prefixed=prefixed,
+                on_device.ids, prefixed=prefixed, locals_m=self.objective.needs_locals,
             )  # fmt: skip
         targets = gather_targets(features)
         queue, tau, codes = model.queue.contents(), model.temperature(), model.codebook.vectors()
@@ -296,7 +298,13 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         if self.evaluator is None:
             rset = self.val_source.retrieval_set(self.cfg.data.val_max_images)
-            self.evaluator = RetrievalEvaluator(rset, self.val_source.loader, self.text, self.ctx.device)
+            store = None
+            if self.cfg.lock.cache:  # the split's locked-prefix states, shared like the training cache
+                key = eval_inputs_key(self.cfg, self.text.tokenizer.to_str())
+                store = self.cache_dir / f"{key}-eval.pt"
+            self.evaluator = RetrievalEvaluator(
+                rset, self.val_source.loader, self.text, self.ctx.device, store=store
+            )
         metrics, _ = self.evaluator(self.model)
         return metrics
 

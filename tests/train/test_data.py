@@ -180,3 +180,14 @@ def test_the_image_cache_key_changes_with_the_images_of_the_training_split() -> 
     optimiser = load_train_config("flickr8k-locked", ["optim.lr=1e-4"])
     assert cache_keys(base, "{}")[0] != cache_keys(other, "{}")[0]  # other images: other views
     assert cache_keys(base, "{}")[0] == cache_keys(optimiser, "{}")[0]  # shared where nothing differs
+
+
+def test_seeds_share_cached_views_unless_the_views_are_drawn() -> None:
+    from train.cache import cache_keys
+    from train.config import load_train_config
+
+    def key(*overrides: str) -> str:
+        return cache_keys(load_train_config("flickr8k-locked", list(overrides)), "{}")[0]
+
+    assert key("run.seed=0") == key("run.seed=1")  # "mirror": view v is the image or its mirror
+    assert key("data.augment='tcl'", "run.seed=0") != key("data.augment='tcl'", "run.seed=1")

@@ -102,19 +102,16 @@ def test_evaluator_of_a_training_mirror_averaged_model_sees_the_eval_mode_encode
 
 
 @pytest.mark.integration  # trains two small runs and evaluates them in processes of their own
-def test_eval_only_reports_a_held_out_split_and_refuses_one_the_run_trained_on(tmp_path: Path) -> None:
+def _captioned_pictures(tmp_path: Path) -> list[str]:
+    """40 shape scenes as PNG files with captions (32 train, 8 dev) and a held-out list of 8 of the
+    training images; returns the data overrides that read them."""
     import json
-    import subprocess
-    import sys
 
     import numpy as np
     from PIL import Image
 
-    from tests.conftest import REPO_ROOT
-    from tests.helpers import small
     from train.data.shapes import captions as shape_captions
     from train.data.shapes import render, scene
-    from train.loop import train
 
     (tmp_path / "images").mkdir()
     rows = []
@@ -125,7 +122,49 @@ def test_eval_only_reports_a_held_out_split_and_refuses_one_the_run_trained_on(t
                      "split": "train" if i < 32 else "dev"})  # fmt: skip
     (tmp_path / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "held.txt").write_text("".join(f"{i}.png\n" for i in range(24, 32)))
-    data = [f"data.jsonl={tmp_path / 'captions.jsonl'}", "data.source=jsonl", "data.augment=light"]
+    return [f"data.jsonl={tmp_path / 'captions.jsonl'}", "data.source=jsonl", "data.augment=light"]
+
+
+def test_a_cached_runs_test_split_inputs_are_stored_once_and_give_the_same_recalls(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer
+
+    from tests.helpers import small
+    from train.checkpoint import load_model
+    from train.data.datasets import InputPolicy, make_source
+    from train.data.tokenizer import text_encoder
+    from train.evaluate import RetrievalEvaluator, evaluate_checkpoint
+    from train.loop import train
+
+    locked = ["model.image.depth=2", "model.text.depth=2", "lock.image_stages=1", "lock.text_stages=1"]
+    cache = [*locked, "lock.cache=true", f"lock.cache_dir='{tmp_path / 'cache'}'"]
+    data = _captioned_pictures(tmp_path)
+    train(
+        small(*data, *cache, f"data.held_out={tmp_path / 'held.txt'}", "optim.max_steps=2"), tmp_path / "run"
+    )
+    checkpoint = str(tmp_path / "run" / "best.pt")
+    first = evaluate_checkpoint(checkpoint, "test")
+    stored = sorted((tmp_path / "cache").glob("*-eval.pt"))
+    assert len(stored) == 2  # dev (during training) and test
+    assert evaluate_checkpoint(checkpoint, "test") == first  # read back
+    assert sorted((tmp_path / "cache").glob("*-eval.pt")) == stored
+    model, ckpt = load_model(checkpoint, "cpu")  # the reference: whole towers, nothing stored
+    cfg = ckpt["config"]
+    source = make_source(cfg.data, "test", cfg.model.image.image_size, InputPolicy.of(cfg.model))
+    text = text_encoder(cfg.model, Tokenizer.from_str(ckpt["tokenizer"]))
+    whole, _ = RetrievalEvaluator(source.retrieval_set(0), source.loader, text, torch.device("cpu"))(model)
+    assert whole == pytest.approx(first, abs=1e-9)
+
+
+def test_eval_only_reports_a_held_out_split_and_refuses_one_the_run_trained_on(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+    from tests.helpers import small
+    from train.loop import train
+
+    data = _captioned_pictures(tmp_path)
     train(small(*data, f"data.held_out={tmp_path / 'held.txt'}", "optim.max_steps=2"), tmp_path / "held")
     train(small(*data, "optim.max_steps=2"), tmp_path / "all")
 

@@ -114,6 +114,13 @@ def test_locked_prefix_trains_only_the_rest_from_a_cache(tmp_path: Path) -> None
     # a second run with the same data and lock reads the cache instead of recomputing it
     again = Trainer(cfg, tmp_path)
     assert again.cache is not None and torch.equal(again.cache.images, trainer.cache.images)
+    # and the validation split's prefix states, stored by the first run's evaluation
+    assert len(list((tmp_path / "cache").glob("*-eval.pt"))) == 1
+    again.model.load_state_dict(after)
+    assert again.evaluate() == trainer.evaluate()
+    assert again.evaluator is not None and trainer.evaluator is not None
+    for stored, computed in zip(again.evaluator._images or [], trainer.evaluator._images or [], strict=True):
+        assert torch.equal(stored, computed)
     # a run that locks less of the text shares the image views and caches its own text states
     other = Trainer(replace(cfg, lock=replace(cfg.lock, text_stages=0)), tmp_path / "other")
     assert other.cache is not None and torch.equal(other.cache.images, trainer.cache.images)

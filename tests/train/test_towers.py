@@ -136,6 +136,32 @@ def test_vit_refuses_a_checkpoint_with_missing_weights(tmp_path: Path) -> None:
         _tiny_vit(32).load_pretrained(str(path))
 
 
+def test_a_step_leaves_out_the_local_features_no_term_reads() -> None:
+    from train.config import ObjectiveConfig
+    from train.objectives import AlignmentObjective, gather_targets
+
+    torch.manual_seed(0)
+    model = DualEncoder(ModelConfig(codebook_size=16, queue_size=8)).eval()  # eval: no dropout draws
+    pixels = torch.rand(3, 3, 64, 64)
+    ids = torch.tensor([[101, 7, 8, 102, 0], [101, 9, 102, 0, 0], [101, 4, 5, 6, 102]])
+    args = (pixels, pixels.flip(-1), ids, (ids != 0).long(), torch.arange(3))
+    with torch.no_grad():
+        full, lean = model.step_features(*args), model.step_features(*args, locals_m=False)
+    assert lean.image_locals_m is None and lean.text_locals_m is None
+    assert full.image_locals_m is not None and full.image_locals_m.shape == (3, 16, 256)
+    for name in ("image", "text", "image_m", "text_m"):
+        assert torch.equal(getattr(full, name), getattr(lean, name)), name
+    queue, tau, codes = model.queue.contents(), model.temperature(), model.codebook.vectors()
+    codis = AlignmentObjective(ObjectiveConfig(preset="codis"), 0.1)
+    assert not codis.needs_locals
+    same = [codis(f, gather_targets(f), queue, tau, codes, 0.4).loss for f in (full, lean)]
+    assert torch.equal(same[0], same[1])
+    tcl = AlignmentObjective(ObjectiveConfig(preset="tcl"), 0.1)
+    assert tcl.needs_locals
+    with pytest.raises(ValueError, match="lmi term needs the momentum local features"):
+        tcl(lean, gather_targets(lean), queue, tau, codes, 0.4)
+
+
 def test_dual_encoder_outputs_are_normalised_with_masked_text_locals() -> None:
     torch.manual_seed(0)
     model = DualEncoder(ModelConfig(codebook_size=16, queue_size=8)).eval()

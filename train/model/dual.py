@@ -41,8 +41,8 @@ EFFICIENTNETS = {"efficientnet_lite0": 0, "efficientnet_lite1": 1, "efficientnet
 @dataclass
 class Encoded:
     global_: torch.Tensor  # (B, d), L2-normalised
-    local: torch.Tensor  # (B, N, d), L2-normalised
-    mask: torch.Tensor  # (B, N) bool
+    local: torch.Tensor | None  # (B, N, d), L2-normalised; None when not asked for
+    mask: torch.Tensor | None  # (B, N) bool
 
 
 def resolve_config(cfg: ModelConfig, read_pretrained: bool = True) -> ModelConfig:
@@ -166,11 +166,15 @@ class Towers(nn.Module):
             if heads is not None:
                 self.text_head.proj.load_state_dict(heads.text.state_dict())
 
-    def encode_image(self, h: torch.Tensor, start: int = 0, mirrored: bool = False) -> Encoded:
+    def encode_image(
+        self, h: torch.Tensor, start: int = 0, mirrored: bool = False, with_locals: bool = True
+    ) -> Encoded:
         """From normalised pixels (start = 0) or the hidden state after `start` stages.
 
         `mirrored`: the batch is [images; their mirrors] (2B, ...); the final feature maps of each
         pair are averaged, the mirror's flipped back so that regions line up.
+        `with_locals`: project the local features too (the head over every region is, with its
+        dropout, most of a locked-tower step; only the LMI term reads them).
         """
         tower = self.image_tower
         if start == 0:
@@ -180,15 +184,21 @@ class Towers(nn.Module):
             direct, mirror = fmap.chunk(2)  # (B, C, h, w) each
             fmap = 0.5 * (direct + mirror.flip(-1))
         pooled, local, mask = tower.finish(fmap)  # (B, W), (B, R, W)
+        if not with_locals:
+            return Encoded(self.image_head(pooled), None, None)
         return Encoded(self.image_head(pooled), self.image_head(local), mask)
 
-    def encode_text(self, h: torch.Tensor, attention_mask: torch.Tensor, start: int = 0) -> Encoded:
+    def encode_text(
+        self, h: torch.Tensor, attention_mask: torch.Tensor, start: int = 0, with_locals: bool = True
+    ) -> Encoded:
         """From token ids (start = 0) or the hidden states (B, L, W) after `start` stages."""
         tower = self.text_tower
         if start == 0:
             h = tower.embed(h)
         h = tower.run_stages(h, start, tower.num_stages, attention_mask)
         pooled, local, mask = tower.finish(h, attention_mask)  # (B, W), (B, L-1, W), (B, L-1)
+        if not with_locals:
+            return Encoded(self.text_head(pooled), None, None)
         return Encoded(self.text_head(pooled), self.text_head(local), mask)
 
 
@@ -266,12 +276,14 @@ class DualEncoder(nn.Module):
             self.temp.clamp_(self.cfg.temp_min, self.cfg.temp_max)
         return self.temp
 
-    def encode_image(self, pixels: torch.Tensor, momentum: bool = False, prefixed: bool = False) -> Encoded:
+    def encode_image(
+        self, pixels: torch.Tensor, momentum: bool = False, prefixed: bool = False, with_locals: bool = True
+    ) -> Encoded:
         """RGB in [0, 1] (B, 3, H, W) -> Encoded; `prefixed`: the input is `image_prefix`'s output."""
         h = pixels if prefixed else self.image_input(pixels)
         towers = self.momentum if momentum else self.online
         with torch.set_grad_enabled(torch.is_grad_enabled() and not momentum):
-            return towers.encode_image(h, self.image_locked, self.mirrored)
+            return towers.encode_image(h, self.image_locked, self.mirrored, with_locals)
 
     def encode_text(
         self,
@@ -279,12 +291,13 @@ class DualEncoder(nn.Module):
         attention_mask: torch.Tensor,
         momentum: bool = False,
         prefixed: bool = False,
+        with_locals: bool = True,
     ) -> Encoded:
         """Token ids (B, L) -> Encoded; `prefixed`: `input_ids` is `text_prefix`'s output."""
         h = input_ids if prefixed else self.text_input(input_ids, attention_mask)
         towers = self.momentum if momentum else self.online
         with torch.set_grad_enabled(torch.is_grad_enabled() and not momentum):
-            return towers.encode_text(h, attention_mask, self.text_locked)
+            return towers.encode_text(h, attention_mask, self.text_locked, with_locals)
 
     @property
     def mirrored(self) -> bool:
@@ -320,15 +333,19 @@ class DualEncoder(nn.Module):
         attention_mask: torch.Tensor,  # (B, L)
         ids: torch.Tensor,  # (B,)
         prefixed: bool = False,
+        locals_m: bool = True,
     ) -> StepFeatures:
-        """Online features of view 1 and the text; momentum features of view 2 and the text."""
+        """Online features of view 1 and the text; momentum features of view 2 and the text, with
+        the momentum local features when `locals_m` (no objective reads the online ones)."""
         if not prefixed:  # compute each locked prefix once, for the online and momentum towers
             view1, view2 = self.image_input(view1), self.image_input(view2)
             input_ids = self.text_input(input_ids, attention_mask)
-        image = self.encode_image(view1, prefixed=True)
-        text = self.encode_text(input_ids, attention_mask, prefixed=True)
-        image_m = self.encode_image(view2, momentum=True, prefixed=True)
-        text_m = self.encode_text(input_ids, attention_mask, momentum=True, prefixed=True)
+        image = self.encode_image(view1, prefixed=True, with_locals=False)
+        text = self.encode_text(input_ids, attention_mask, prefixed=True, with_locals=False)
+        image_m = self.encode_image(view2, momentum=True, prefixed=True, with_locals=locals_m)
+        text_m = self.encode_text(
+            input_ids, attention_mask, momentum=True, prefixed=True, with_locals=locals_m
+        )
         return StepFeatures(
             image=image.global_,
             text=text.global_,

@@ -66,6 +66,11 @@ class AlignmentObjective:
             "code": cfg.weight_code,
         }
 
+    @property
+    def needs_locals(self) -> bool:
+        """Whether a term reads the momentum local features (only LMI does)."""
+        return "lmi" in self.terms
+
     def alpha(self, alpha: float) -> float:
         """The α actually used: `itc` never distils."""
         return 0.0 if self.cfg.preset == "itc" else alpha
@@ -106,6 +111,10 @@ class AlignmentObjective:
         if "imc" in self.terms:
             terms["imc"] = imc_loss(image, text, cols_image, cols_text, features.ids, col_ids, tau)
         if "lmi" in self.terms:
+            if targets.image_locals_m is None or targets.text_locals_m is None:
+                raise ValueError(
+                    "the lmi term needs the momentum local features (step_features(locals_m=True))"
+                )
             terms["lmi"] = lmi_loss(
                 image,
                 text,

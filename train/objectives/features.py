@@ -20,10 +20,10 @@ class StepFeatures:
     text: torch.Tensor  # z_t (B, d), online
     image_m: torch.Tensor  # ẑ_v (B, d), momentum, view 2
     text_m: torch.Tensor  # ẑ_t (B, d), momentum
-    image_locals_m: torch.Tensor  # (B, Nv, d), momentum image regions, view 2
-    image_locals_mask: torch.Tensor  # (B, Nv) bool
-    text_locals_m: torch.Tensor  # (B, Nt, d), momentum token states except [CLS]
-    text_locals_mask: torch.Tensor  # (B, Nt) bool, False on padding
+    image_locals_m: torch.Tensor | None  # (B, Nv, d), momentum image regions, view 2 (None: not needed)
+    image_locals_mask: torch.Tensor | None  # (B, Nv) bool
+    text_locals_m: torch.Tensor | None  # (B, Nt, d), momentum token states except [CLS]
+    text_locals_mask: torch.Tensor | None  # (B, Nt) bool, False on padding
     ids: torch.Tensor  # (B,) image id of each pair: equal ids are positives
 
 
@@ -31,10 +31,10 @@ class StepFeatures:
 class GatheredTargets:
     image_m: torch.Tensor  # (G, d) over the global batch, rank order
     text_m: torch.Tensor  # (G, d)
-    image_locals_m: torch.Tensor  # (G, Nv, d)
-    image_locals_mask: torch.Tensor  # (G, Nv)
-    text_locals_m: torch.Tensor  # (G, Nt', d), padded to the longest rank
-    text_locals_mask: torch.Tensor  # (G, Nt')
+    image_locals_m: torch.Tensor | None  # (G, Nv, d); None when the step computed no locals
+    image_locals_mask: torch.Tensor | None  # (G, Nv)
+    text_locals_m: torch.Tensor | None  # (G, Nt', d), padded to the longest rank
+    text_locals_mask: torch.Tensor | None  # (G, Nt')
     ids: torch.Tensor  # (G,)
     row_offset: int  # index of this rank's first row in the global batch
 
@@ -42,13 +42,15 @@ class GatheredTargets:
 def gather_targets(f: StepFeatures) -> GatheredTargets:
     """All-gathers the (detached) momentum side of `f` over ranks; identity in one process."""
     rank, _ = rank_and_world()
+    with_locals = f.image_locals_m is not None
+    assert with_locals == (f.text_locals_m is not None), "image and text locals come together"
     return GatheredTargets(
         image_m=all_gather_cat(f.image_m.detach()),
         text_m=all_gather_cat(f.text_m.detach()),
-        image_locals_m=all_gather_cat(f.image_locals_m.detach()),
-        image_locals_mask=all_gather_cat(f.image_locals_mask),
-        text_locals_m=all_gather_padded(f.text_locals_m.detach()),
-        text_locals_mask=all_gather_padded(f.text_locals_mask, pad_value=False),
+        image_locals_m=all_gather_cat(f.image_locals_m.detach()) if with_locals else None,
+        image_locals_mask=all_gather_cat(f.image_locals_mask) if with_locals else None,
+        text_locals_m=all_gather_padded(f.text_locals_m.detach()) if with_locals else None,
+        text_locals_mask=all_gather_padded(f.text_locals_mask, pad_value=False) if with_locals else None,
         ids=all_gather_cat(f.ids),
         row_offset=rank * f.image.shape[0],
     )
