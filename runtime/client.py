@@ -37,7 +37,9 @@ UPSERT_IN_FLIGHT = 4  # requests outstanding at once: the server decodes one whi
 
 
 @dataclass(frozen=True)
-class Embedded:
+class EmbedReply:
+    """A server's answer to one Embed request, as the client hands it on."""
+
     vectors: np.ndarray  # (N, d) float32, L2-normalised
     codes: Codes  # per item, (code id, cosine), best first; empty unless top_codes > 0
     fingerprint: str
@@ -182,10 +184,10 @@ class TesseraClient:
                 raise TimeoutError(f"server not SERVING after {timeout_s} s")
             time.sleep(0.1)
 
-    def embed(self, items: Sequence[pb.Item], top_codes: int = 0) -> Embedded:
+    def embed(self, items: Sequence[pb.Item], top_codes: int = 0) -> EmbedReply:
         response = self.stub.Embed(pb.EmbedRequest(items=items, top_codes=top_codes), timeout=self.timeout_s)
         codes = [[(c.id, c.score) for c in e.codes] for e in response.embeddings]
-        return Embedded(to_vectors(response), codes, response.fingerprint, response.timings)
+        return EmbedReply(to_vectors(response), codes, response.fingerprint, response.timings)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         return self.embed([pb.Item(text=t) for t in texts]).vectors
