@@ -28,6 +28,7 @@ from train.data.augment import make_view
 from train.data.datasets import IMAGE_ERRORS, Batch, EpochBatches, PairSource
 from train.data.tokenizer import TextEncoder
 from train.model import DualEncoder
+from train.model.tower import locked_parts, resolve_locked
 
 log = logging.getLogger(__name__)
 
@@ -46,26 +47,39 @@ IMAGE_DATA_FIELDS = ("source", "jsonl", "image_root", "train_split", "held_out",
 SEEDLESS_VIEWS = ("mirror", "none")
 
 
-def cache_keys(cfg: TrainConfig, tokenizer_json: str) -> tuple[str, str]:
+def cache_keys(cfg: TrainConfig, tokenizer_json: str, prefix_weights: str = "") -> tuple[str, str]:
     """Hashes of everything the cached image views and the cached text depend on, in that order.
 
     Two keys, two files: runs that share the image lock but not the text lock (the two stages of
-    LP-FT) reuse the image views, the costly part.
+    LP-FT) reuse the image views, the costly part. `prefix_weights`: the locked prefixes' digest
+    (`prefix_weights_digest`) when they are not the weights the config names — a run started from
+    a checkpoint whose locked stages were trained elsewhere.
     """
-    image_parts, text_parts = _key_parts(cfg, tokenizer_json)
+    image_parts, text_parts = _key_parts(cfg, tokenizer_json, prefix_weights)
     return _digest(image_parts), _digest(text_parts)
 
 
-def eval_inputs_key(cfg: TrainConfig, tokenizer_json: str) -> str:
-    """Hash of everything the validation split's locked-prefix states depend on (`eval_inputs`)."""
-    image_parts, text_parts = _key_parts(cfg, tokenizer_json)
+def eval_inputs_key(cfg: TrainConfig, tokenizer_json: str, prefix_weights: str = "") -> str:
+    """Hash of everything a split's locked-prefix states for evaluation depend on."""
+    image_parts, text_parts = _key_parts(cfg, tokenizer_json, prefix_weights)
     image_parts["image"] = to_dict(cfg.model.image)  # mirror_average doubles the images evaluated
     del image_parts["seed"]  # evaluation views are never drawn
     split = {"split": cfg.data.val_split, "max_images": cfg.data.val_max_images}
     return _digest({"image": image_parts, "text": text_parts, "eval": split, "version": 1})
 
 
-def _key_parts(cfg: TrainConfig, tokenizer_json: str) -> tuple[dict, dict]:
+def prefix_weights_digest(model: DualEncoder, image_stages: int, text_stages: int) -> str:
+    """sha256 of the weights (parameters and buffers) of both towers' locked prefixes."""
+    digest = hashlib.sha256()
+    for tower, stages in ((model.online.image_tower, image_stages), (model.online.text_tower, text_stages)):
+        modules, params = locked_parts(tower, resolve_locked(tower, stages))
+        tensors = [t for m in modules for t in m.state_dict().values()] + list(params)
+        for t in tensors:
+            digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _key_parts(cfg: TrainConfig, tokenizer_json: str, prefix_weights: str) -> tuple[dict, dict]:
     data = to_dict(cfg.data)
     image = to_dict(cfg.model.image)
     del image["mirror_average"]  # an eval-mode choice: training views are single either way
@@ -90,6 +104,8 @@ def _key_parts(cfg: TrainConfig, tokenizer_json: str) -> tuple[dict, dict]:
     }
     if cfg.model.init:
         text_parts["init"] = image_parts["init"]
+    if prefix_weights:  # left out otherwise, so that caches made before it keep their keys
+        image_parts["weights"] = text_parts["weights"] = prefix_weights
     return image_parts, text_parts
 
 
@@ -106,11 +122,12 @@ def build_cache(
     device: torch.device,
     directory: Path,
     show_progress: bool,
+    prefix_weights: str = "",
 ) -> FeatureCache:
     """Loads the image and text parts of the cache from `directory`, computing (and saving) the missing."""
     if model.image_locked == 0:
         raise ValueError("lock.cache needs lock.image_stages > 0 (nothing to cache otherwise)")
-    image_key, text_key = cache_keys(cfg, text.tokenizer.to_str())
+    image_key, text_key = cache_keys(cfg, text.tokenizer.to_str(), prefix_weights)
     model.eval()
     images = load_or_build(
         directory / f"{image_key}-images.pt",

@@ -180,7 +180,8 @@ def evaluate_checkpoint(path: str, split: str, device: str = "cpu") -> dict[str,
         model.lock(cfg.lock.image_stages, cfg.lock.text_stages, cfg.lock.freeze_batchnorm)
         directory = Path(cfg.lock.cache_dir) if cfg.lock.cache_dir else Path(path).parent / "cache"
         split_cfg = replace(cfg, data=replace(cfg.data, val_split=split, val_max_images=0))
-        store = directory / f"{eval_inputs_key(split_cfg, ckpt['tokenizer'])}-eval.pt"
+        key = eval_inputs_key(split_cfg, ckpt["tokenizer"], ckpt.get("prefix_weights", ""))
+        store = directory / f"{key}-eval.pt"
     evaluator = RetrievalEvaluator(
         source.retrieval_set(0), source.loader, text, torch.device(device), store=store
     )

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from train.average import WeightAverage
-from train.cache import build_cache, cached_batches, eval_inputs_key
+from train.cache import build_cache, cached_batches, eval_inputs_key, prefix_weights_digest
 from train.checkpoint import load_checkpoint, make_payload, save_checkpoint, set_rng_state
 from train.config import TrainConfig
 from train.data.datasets import (
@@ -154,8 +154,13 @@ class Trainer:
             )
         validate(cfg, self.ctx, len(self.train_source.pairs))
         model = DualEncoder(cfg.model, load_weights=ckpt is None)  # resolves pretrained shapes
+        # the locked prefixes' weights name a feature cache when they are not the config's own
+        self.prefix_weights: str = ckpt.get("prefix_weights", "") if ckpt else ""
         if start is not None:
+            own = prefix_weights_digest(model, cfg.lock.image_stages, cfg.lock.text_stages)
             _load_init(model, start, init)
+            loaded = prefix_weights_digest(model, cfg.lock.image_stages, cfg.lock.text_stages)
+            self.prefix_weights = loaded if loaded != own else ""
         cfg = replace(cfg, model=model.cfg)  # resolved shapes: what the checkpoint records
         self.cfg = cfg
         model.lock(cfg.lock.image_stages, cfg.lock.text_stages, cfg.lock.freeze_batchnorm)
@@ -214,6 +219,7 @@ class Trainer:
                 self.ctx.device,
                 self.cache_dir,
                 cfg.run.progress and self.ctx.main,
+                self.prefix_weights,
             )
             if self.ctx.main and self.ctx.world > 1:
                 dist.barrier()
@@ -300,7 +306,7 @@ class Trainer:
             rset = self.val_source.retrieval_set(self.cfg.data.val_max_images)
             store = None
             if self.cfg.lock.cache:  # the split's locked-prefix states, shared like the training cache
-                key = eval_inputs_key(self.cfg, self.text.tokenizer.to_str())
+                key = eval_inputs_key(self.cfg, self.text.tokenizer.to_str(), self.prefix_weights)
                 store = self.cache_dir / f"{key}-eval.pt"
             self.evaluator = RetrievalEvaluator(
                 rset, self.val_source.loader, self.text, self.ctx.device, store=store
@@ -314,6 +320,8 @@ class Trainer:
             self.step, self.step // self.steps_per_epoch, self.metrics,
         )  # fmt: skip
         payload["best_rsum"] = self.best_rsum
+        if self.prefix_weights:
+            payload["prefix_weights"] = self.prefix_weights
         if self.codebook_fit:
             payload["codebook_fit"] = self.codebook_fit
         if self.average is not None:

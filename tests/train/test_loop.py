@@ -129,6 +129,37 @@ def test_locked_prefix_trains_only_the_rest_from_a_cache(tmp_path: Path) -> None
     assert other.cache.text.dtype == torch.int64  # token ids: no text stage is locked
 
 
+def test_a_run_from_a_checkpoint_with_other_locked_weights_gets_its_own_cache(tmp_path: Path) -> None:
+    cfg = small(
+        "model.image.depth=2", "model.text.depth=2", "lock.image_stages=1", "lock.text_stages=1",
+        "lock.cache=true", "optim.max_steps=1", f"lock.cache_dir='{tmp_path / 'cache'}'",
+    )  # fmt: skip
+    first = Trainer(cfg, tmp_path / "a")
+    first.run()
+    # LP-FT's second stage: its locked prefix is the first run's, which is the config's own
+    same = Trainer(cfg, tmp_path / "b", init=tmp_path / "a" / "last.pt")
+    assert same.cache is not None and first.cache is not None
+    assert torch.equal(same.cache.images, first.cache.images)
+    assert len(list((tmp_path / "cache").glob("*-images.pt"))) == 1
+    # a checkpoint whose locked stages were trained elsewhere (with them unlocked)
+    ckpt = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
+    for name in (
+        "online.image_tower.patch_embed.proj.weight",
+        "momentum.image_tower.patch_embed.proj.weight",
+    ):
+        ckpt["model"][name] = ckpt["model"][name] + 0.05
+    torch.save(ckpt, tmp_path / "other.pt")
+    other = Trainer(cfg, tmp_path / "c", init=tmp_path / "other.pt")
+    assert other.cache is not None and not torch.equal(other.cache.images, first.cache.images)
+    pixels = torch.rand(2, 3, 32, 32)
+    assert not torch.allclose(other.model.image_prefix(pixels), first.model.image_prefix(pixels))
+    assert len(list((tmp_path / "cache").glob("*-images.pt"))) == 2
+    other.run()  # and resuming it finds its cache again, without the init checkpoint
+    again = Trainer(cfg, tmp_path / "c", resume=tmp_path / "c" / "last.pt")
+    assert again.cache is not None and torch.equal(again.cache.images, other.cache.images)
+    assert len(list((tmp_path / "cache").glob("*-images.pt"))) == 2
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
