@@ -68,6 +68,16 @@ def eval_inputs_key(cfg: TrainConfig, tokenizer_json: str, prefix_weights: str =
     return _digest({"image": image_parts, "text": text_parts, "eval": split, "version": 1})
 
 
+def cache_directory(cfg: TrainConfig, run_dir: Path) -> Path:
+    """Where a run's feature caches and evaluation stores live: `lock.cache_dir`, or RUN/cache."""
+    return Path(cfg.lock.cache_dir) if cfg.lock.cache_dir else run_dir / "cache"
+
+
+def eval_inputs_path(cfg: TrainConfig, tokenizer_json: str, prefix_weights: str, run_dir: Path) -> Path:
+    """The file of the validation split's (`cfg.data.val_split`) locked-prefix states."""
+    return cache_directory(cfg, run_dir) / f"{eval_inputs_key(cfg, tokenizer_json, prefix_weights)}-eval.pt"
+
+
 def prefix_weights_digest(model: DualEncoder, image_stages: int, text_stages: int) -> str:
     """sha256 of the weights (parameters and buffers) of both towers' locked prefixes."""
     digest = hashlib.sha256()

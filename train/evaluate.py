@@ -8,12 +8,12 @@ images. RSUM is the sum of the six recalls (in percent).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from train.cache import eval_inputs_key, load_or_build
+from train.cache import eval_inputs_path, load_or_build
 from train.config import DataConfig
 from train.data.augment import eval_view, to_tensor
 from train.data.captions import RetrievalSet
@@ -162,8 +162,6 @@ def evaluate_checkpoint(path: str, split: str, device: str = "cpu") -> dict[str,
     (`python -m train --eval-only CKPT --split test`). A held-out split is refused for a run that
     did not hold it out: its images would have been trained on. A run with a feature cache
     shares the split's locked-prefix states through its cache directory, as its training did."""
-    from dataclasses import replace
-
     from tokenizers import Tokenizer
 
     from train.checkpoint import load_model
@@ -178,10 +176,10 @@ def evaluate_checkpoint(path: str, split: str, device: str = "cpu") -> dict[str,
     store = None
     if cfg.lock.cache:  # lock as in training: the store holds the prefix states, the rest runs here
         model.lock(cfg.lock.image_stages, cfg.lock.text_stages, cfg.lock.freeze_batchnorm)
-        directory = Path(cfg.lock.cache_dir) if cfg.lock.cache_dir else Path(path).parent / "cache"
         split_cfg = replace(cfg, data=replace(cfg.data, val_split=split, val_max_images=0))
-        key = eval_inputs_key(split_cfg, ckpt["tokenizer"], ckpt.get("prefix_weights", ""))
-        store = directory / f"{key}-eval.pt"
+        store = eval_inputs_path(
+            split_cfg, ckpt["tokenizer"], ckpt.get("prefix_weights", ""), Path(path).parent
+        )
     evaluator = RetrievalEvaluator(
         source.retrieval_set(0), source.loader, text, torch.device(device), store=store
     )

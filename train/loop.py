@@ -34,7 +34,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from train.average import WeightAverage
-from train.cache import build_cache, cached_batches, eval_inputs_key, prefix_weights_digest
+from train.cache import (
+    build_cache,
+    cache_directory,
+    cached_batches,
+    eval_inputs_path,
+    prefix_weights_digest,
+)
 from train.checkpoint import load_checkpoint, make_payload, save_checkpoint, set_rng_state
 from train.config import TrainConfig
 from train.data.datasets import (
@@ -207,7 +213,6 @@ class Trainer:
         )
         self.evaluator: RetrievalEvaluator | None = None
         self.cache = None
-        self.cache_dir = Path(cfg.lock.cache_dir) if cfg.lock.cache_dir else out_dir / "cache"
         if cfg.lock.cache:
             if not self.ctx.main:  # rank 0 computes the cache (a path all ranks share); the rest load it
                 dist.barrier()
@@ -217,7 +222,7 @@ class Trainer:
                 self.text,
                 cfg,
                 self.ctx.device,
-                self.cache_dir,
+                cache_directory(cfg, out_dir),
                 cfg.run.progress and self.ctx.main,
                 self.prefix_weights,
             )
@@ -306,8 +311,9 @@ class Trainer:
             rset = self.val_source.retrieval_set(self.cfg.data.val_max_images)
             store = None
             if self.cfg.lock.cache:  # the split's locked-prefix states, shared like the training cache
-                key = eval_inputs_key(self.cfg, self.text.tokenizer.to_str(), self.prefix_weights)
-                store = self.cache_dir / f"{key}-eval.pt"
+                store = eval_inputs_path(
+                    self.cfg, self.text.tokenizer.to_str(), self.prefix_weights, self.out
+                )
             self.evaluator = RetrievalEvaluator(
                 rset, self.val_source.loader, self.text, self.ctx.device, store=store
             )
