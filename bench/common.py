@@ -46,6 +46,12 @@ def machine() -> str:
     )
 
 
+def isa_tag() -> str:
+    """A block-name suffix for benchmarks whose int8 figures depend on the ISA ("avx2",
+    "avx-512-vnni", ...), so that a run on one kind of machine does not overwrite the other's."""
+    return cpu_isa().int8_path.lower().replace(" ", "-")
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

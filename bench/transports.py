@@ -49,7 +49,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.common import EDGE_CHECKPOINT, captions, machine, median, publish
+from bench.common import EDGE_CHECKPOINT, captions, isa_tag, machine, median, publish
 from bench.serve import ensure_bundle
 from export.parity import SENTENCES
 from runtime.launch import ServerProcess
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
             s.stop()
         if infinity is not None:
             infinity.stop()
-    publish("transports", table(rates, args), args.record)
+    publish(f"transports_{isa_tag()}", table(rates, args), args.record)  # one block per ISA
 
 
 def verdict(met: bool) -> str:

@@ -41,7 +41,7 @@ from runtime.bundle import (
     fingerprint,
     load_bundle,
 )
-from runtime.cpu import cpu_isa
+from runtime.cpu import cpu_isa, needed_session_config
 from runtime.selfcheck import Reference, check_engine
 from train.checkpoint import load_model
 from train.config import to_dict
@@ -92,7 +92,7 @@ def _session(
 ) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    for key, value in (config or {}).items():
+    for key, value in needed_session_config(config or {}, cpu_isa()).items():
         opts.add_session_config_entry(key, value)
     return ort.InferenceSession(
         str(path), opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled_optimizers

@@ -9,6 +9,8 @@ Why the distinction matters: x86 CPUs without VNNI multiply uint8 activations by
 VPMADDUBSW, which adds each pair of products into a saturating int16; VNNI (VPDPBUSD) and ARM's
 dot-product instructions accumulate in int32 and are exact. docs/decisions.md §5 has how the int8
 graphs are built so that no kernel saturates.
+
+    needed_session_config(graph's entries, cpu_isa())  ->  the entries a session sets on this CPU
 """
 
 from __future__ import annotations
@@ -76,3 +78,16 @@ def cpu_isa() -> CpuIsa:
     except OSError:
         return CpuIsa(arch, "unknown", False, platform.processor())
     return parse_cpuinfo(text, arch)
+
+
+# ONNX Runtime's exact-int8 switch turns a graph's int8 weights into uint8 and runs its u8u8 kernel
+# on every x86 CPU whose u8u8 and u8s8 GEMMs differ, which includes VNNI ones: there the u8s8 kernel
+# already sums in int32, so the switch changes no bit of the output and only costs speed (measured:
+# docs/decisions.md §5).
+ONLY_WITHOUT_VNNI = frozenset({"session.x64quantprecision"})
+
+
+def needed_session_config(config: dict[str, str], isa: CpuIsa) -> dict[str, str]:
+    """The session config entries a graph records (GraphSpec.session_config) that `isa` needs: all
+    of them, less the exact-int8 switch where the CPU's int8 products are exact already."""
+    return {k: v for k, v in config.items() if not (isa.vnni and k in ONLY_WITHOUT_VNNI)}

@@ -28,6 +28,7 @@ import numpy as np
 
 from runtime.bundle import Bundle, GraphSpec
 from runtime.config import ServeConfig
+from runtime.cpu import cpu_isa, needed_session_config
 from runtime.errors import MissingDependency, PrecisionRefused
 from runtime.footprint import items_per_call, memory_per_item
 from runtime.selfcheck import PrecisionCheck, Reference, check_engine, load_reference
@@ -60,7 +61,7 @@ def session_options(
 ) -> Any:
     """ONNX Runtime session options as the server uses them: every graph optimisation, idle workers
     asleep unless `cpu_spin` (they would spin on the cores the event loop needs), and the entries
-    a graph asks for (GraphSpec.session_config: an exact int8 kernel)."""
+    a graph asks for (GraphSpec.session_config: an exact int8 kernel) that this CPU needs."""
     ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -68,7 +69,7 @@ def session_options(
         options.intra_op_num_threads = cpu_threads
     if not cpu_spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    for entry, value in (config or {}).items():
+    for entry, value in needed_session_config(config or {}, cpu_isa()).items():
         options.add_session_config_entry(entry, value)
     return options
 

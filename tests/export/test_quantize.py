@@ -102,3 +102,20 @@ def test_without_its_session_config_the_int8_graph_saturates_on_x86_without_vnni
     quantize_graph(source, target)
     got, want = run(target, x, config={}), exact(target, x)  # without the session config it records
     assert np.abs(got - want).max() > 0.1 * np.abs(want).max()  # pair-sums near 65,280 clipped to 32,767
+
+
+@pytest.mark.skipif(
+    cpu_isa().arch != "x86_64" or not cpu_isa().vnni,
+    reason=f"needs an x86 CPU with VNNI, whose uint8 x int8 products sum in int32 (this one: {cpu_isa()})",
+)
+def test_on_a_vnni_cpu_the_int8_graph_is_exact_without_its_session_config(
+    worst_case: tuple[Path, np.ndarray],
+) -> None:
+    """Why the runtime leaves the switch off there (runtime.cpu.needed_session_config): the u8s8
+    kernel is exact by itself, and the switch changes no bit of the output."""
+    source, x = worst_case
+    target = source.with_name("full.onnx")
+    quantize_graph(source, target)
+    got, want = run(target, x, config={}), exact(target, x)
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    assert np.array_equal(got, run(target, x))

@@ -6,7 +6,7 @@ import platform
 
 import pytest
 
-from runtime.cpu import CpuIsa, cpu_isa, parse_cpuinfo
+from runtime.cpu import CpuIsa, cpu_isa, needed_session_config, parse_cpuinfo
 
 AMD_AVX2 = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -58,3 +58,14 @@ def test_the_one_line_names_the_missing_vnni_on_x86_only() -> None:
 def test_this_machine_is_read() -> None:
     isa = cpu_isa()
     assert isa.arch == platform.machine() and isa.int8_path
+
+
+@pytest.mark.parametrize(
+    ("text", "arch", "kept"),
+    [(AMD_AVX2, "x86_64", True), ("", "x86_64", True), (XEON_VNNI, "x86_64", False),
+     (ALDER_LAKE, "x86_64", False), (JETSON_ORIN, "aarch64", False)],
+)  # fmt: skip
+def test_the_exact_int8_switch_is_set_only_where_products_can_clip(text: str, arch: str, kept: bool) -> None:
+    graph = {"session.x64quantprecision": "1", "session.other": "x"}
+    want = graph if kept else {"session.other": "x"}
+    assert needed_session_config(graph, parse_cpuinfo(text, arch)) == want
