@@ -37,6 +37,8 @@ from runtime.service import (
     Vector,
 )
 
+STREAM_END_GRACE_S = 0.01  # a stream waits this after its last request for a cancel behind it (EmbedStream)
+
 
 class Servicer(pb_grpc.TesseraServicer):
     def __init__(self, service: Service, metrics: Metrics) -> None:
@@ -100,6 +102,10 @@ class Servicer(pb_grpc.TesseraServicer):
                         raise
                     await answers.put((request_id, room, asyncio.ensure_future(answer(request, items))))
             except StopAsyncIteration:
+                # A client's cancel can reach us first as the end of its requests, the way a
+                # half-close does, and the cancellation itself a moment later; a stream that ends
+                # waits that moment, so that it is not counted as answered in full.
+                await asyncio.sleep(STREAM_END_GRACE_S)
                 await answers.put(None)
             except Exception as e:  # a bad request, a refusal, a crash: the stream ends with it
                 failed: asyncio.Future[pb.EmbedResponse] = asyncio.get_running_loop().create_future()
