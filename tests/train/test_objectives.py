@@ -201,6 +201,22 @@ def test_presets_sum_their_terms(batch: dict, preset: str) -> None:
     assert abs(out.loss.item() - total) < TOL
 
 
+def test_a_term_weighted_zero_is_not_computed(batch: dict) -> None:
+    """An ablation's zeroed term costs nothing: without LMI no step makes the local features."""
+    b = batch
+    f = step_features(b)
+    full = AlignmentObjective(ObjectiveConfig(preset="tcl"), codebook_temp=0.1)
+    no_lmi = AlignmentObjective(ObjectiveConfig(preset="tcl", weight_lmi=0.0), codebook_temp=0.1)
+    assert full.needs_locals and not no_lmi.needs_locals
+    queue = (b["qv"], b["qt"], b["qids"])
+    got = no_lmi(f, gather_targets(f), queue, b["tau"], b["codebook"], alpha=0.4)
+    want = full(f, gather_targets(f), queue, b["tau"], b["codebook"], alpha=0.4)
+    assert set(got.terms) == {"cma", "imc"}
+    assert abs(got.loss.item() - (want.loss - want.terms["lmi"]).item()) < TOL
+    with pytest.raises(ValueError, match="every term of preset 'itc' is weighted 0"):
+        AlignmentObjective(ObjectiveConfig(preset="itc", weight_cma=0.0), codebook_temp=0.1)
+
+
 @pytest.mark.parametrize("alpha", [0.0, 0.4])
 def test_online_columns_match_loops(batch: dict, alpha: float) -> None:
     b = batch

@@ -57,7 +57,6 @@ class AlignmentObjective:
         terms = PRESET_TERMS[cfg.preset]
         if cfg.cross_modal == "sigmoid":
             terms = tuple("sigmoid" if t == "cma" else t for t in terms)
-        self.terms = terms
         self.weights = {
             "cma": cfg.weight_cma,
             "sigmoid": cfg.weight_cma,  # the cross-modal term's weight, whichever form it takes
@@ -65,6 +64,11 @@ class AlignmentObjective:
             "lmi": cfg.weight_lmi,
             "code": cfg.weight_code,
         }
+        # A term weighted 0 is not computed: it adds no gradient, and LMI's local features are the
+        # dearest thing a step makes (an ablation that turns LMI off should not pay for them).
+        self.terms = tuple(t for t in terms if self.weights[t] != 0)
+        if not self.terms:
+            raise ValueError(f"objective: every term of preset {cfg.preset!r} is weighted 0 ({terms})")
 
     @property
     def needs_locals(self) -> bool:
