@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import random
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from train.model import DualEncoder
 from train.model.tower import locked_parts, resolve_locked
 
 log = logging.getLogger(__name__)
+CACHE_LOG_EVERY_S = 60.0  # how often a cache build without a progress bar says how far it is
 
 
 @dataclass
@@ -154,6 +156,7 @@ def load_or_build(path: Path, build: Callable[[], dict[str, Any]]) -> dict[str, 
     if path.is_file():
         log.info("feature cache: loading %s", path)
         return torch.load(path, weights_only=True)
+    log.info("feature cache: building %s (once; later runs of these inputs load it)", path)
     tensors = build()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -174,10 +177,16 @@ def _image_views(
         num_workers=cfg.data.workers,
     )  # views are decoded and augmented in workers while the main process runs the prefix
     chunks = []
-    bar = tqdm(total=len(source.items) * views, desc="cache images", unit="view", disable=not show_progress)
+    total = len(source.items) * views
+    bar = tqdm(total=total, desc="cache images", unit="view", disable=not show_progress)
+    done, t0, next_log_s = 0, time.monotonic(), CACHE_LOG_EVERY_S
     for pixels in loader:
         chunks.append(model.image_prefix(pixels.to(device)).half().cpu())
         bar.update(len(pixels))
+        done += len(pixels)
+        if not show_progress and time.monotonic() - t0 >= next_log_s:  # a log line where no bar shows
+            log.info("feature cache: %d of %d image views (%.0f s)", done, total, time.monotonic() - t0)
+            next_log_s += CACHE_LOG_EVERY_S
     bar.close()
     return torch.cat(chunks).view(len(source.items), views, *chunks[0].shape[1:])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import socket
 from dataclasses import replace
@@ -89,13 +90,20 @@ def test_init_starts_a_new_run_from_another_runs_weights(tmp_path: Path) -> None
         Trainer(small("model.embed_dim=8"), tmp_path / "third", init=first / "last.pt")
 
 
-def test_locked_prefix_trains_only_the_rest_from_a_cache(tmp_path: Path) -> None:
+def test_locked_prefix_trains_only_the_rest_from_a_cache(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="train.cache")
     cfg = small(
         "model.image.depth=2", "model.text.depth=2", "lock.image_stages=1", "lock.text_stages=1",
         "lock.cache=true", "lock.cache_views=2", "optim.max_steps=2",
         f"lock.cache_dir='{tmp_path / 'cache'}'",
     )  # fmt: skip
     trainer = Trainer(cfg, tmp_path)
+    building = [m for m in caplog.messages if m.startswith("feature cache: building")]
+    assert any(m.endswith("-images.pt (once; later runs of these inputs load it)") for m in building), (
+        building
+    )
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.run()
     after = trainer.model.state_dict()
