@@ -26,8 +26,9 @@ once with:
 
 Targets: HTTP ≥ 80 % of gRPC's throughput; Tessera fp32 ≥ 1.5x and int8 ≥ 2.5x infinity's (both
 over HTTP, the transport infinity has). Each round also times our text graphs called directly
-(ONNX Runtime as the server opens them, batches of 32 cut by length as the server cuts them, no
-serving at all): the most any server of this engine could do on this CPU, beside infinity's rate.
+(ONNX Runtime as the server opens them, on the batches of 32 the server draws by length from the
+bulk load's 256 texts in flight and splits by length, no serving at all): the most any server of
+this engine could do on this CPU, beside infinity's rate.
 
     python -m bench.transports [--duration-s 6] [--rounds 3] [--edge CKPT] [--infinity DIR] [--record]
 """
@@ -215,15 +216,26 @@ def cases(fp32: ServerProcess, int8: ServerProcess, infinity: Infinity) -> list[
 
 
 def direct_rate(bundle_dir: Path, key: str, duration_s: float) -> float:
-    """texts/s of the text graph `key` called directly, in the server's batches of 32."""
+    """texts/s of the text graph `key` called directly on the batches the server runs under the bulk
+    load: 32 drawn by length from a saturated queue of its 256 texts in flight (runtime.batcher.plan,
+    at the server's default lookahead), each split by length as the server splits it."""
     from bench.serve import BATCH, Direct
+    from runtime.batcher import plan
     from runtime.bundle import load_bundle
+    from runtime.config import ServeConfig
     from runtime.engines import OnnxRuntimeEngine
 
     bundle = load_bundle(bundle_dir)
     pool = [pb.Item(text=t) for t in TEXTS[:512]]
     cutter = Direct(bundle, "text", pool)  # tokenises and cuts by length as the server does
-    feeds = [f for i in range(0, len(pool), BATCH) for f in cutter.feeds(pool[i : i + BATCH], split=True)]
+    lengths = [len(cutter.tokenizer.encode(item.text)) for item in pool]
+    in_flight, lookahead = BULK_CLIENTS * BULK, ServeConfig().batch_lookahead
+    batches = [
+        [pool[start + i] for i in batch]
+        for start in range(0, len(pool), in_flight)
+        for batch in plan(lengths[start : start + in_flight], BATCH, lookahead=lookahead)
+    ]
+    feeds = [f for batch in batches for f in cutter.feeds(batch, split=True)]
     engine = OnnxRuntimeEngine(bundle, key, False, 0)
     for feed in feeds:
         engine.run(feed)

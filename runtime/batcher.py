@@ -7,6 +7,11 @@ and awaits their results; one task cuts batches and runs each on the batcher's w
 - a batch is cut when it is full (max_batch_size items, or the next item would pass the padded
   token budget) or when its oldest item has waited max_wait_ms. The wait counts from enqueue, so
   time spent behind a busy engine counts, and a queue that filled meanwhile is cut at once;
+- with a cost (text: tokens) and `lookahead` > 1, a full batch is drawn by cost from the oldest
+  `lookahead` batches' worth of the queue rather than taken in arrival order (`by_cost`): the
+  batch holds the oldest item and the items nearest it in length, so it is padded little. An item
+  passed over `lookahead` times makes the cuts take arrival order until it is served: once among
+  them, an item waits at most `lookahead` passes and then as many cuts in arrival order;
 - pending items (queued, or in a batch not yet started) are bounded by max_queue: a request that
   does not fit is refused whole with `Overloaded` (RESOURCE_EXHAUSTED), never queued unbounded;
 - items whose request was cancelled or whose deadline passed are dropped when the batch is cut,
@@ -23,7 +28,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -48,6 +53,45 @@ class _Pending(Generic[T]):
     enqueued_s: float  # loop.time()
     deadline_s: float | None  # loop.time() after which the item is not worth computing
     cost: int  # e.g. tokens; the batch's padded cost is size * the largest cost
+    passes: int = 0  # batches cut by cost from the queue around it without it
+
+
+def by_cost(costs: Sequence[int], max_size: int, max_cost: int = 0) -> list[int]:
+    """Positions in `costs` (oldest first) of the batch to run next: the costs sorted and cut into
+    batches of at most `max_size` items and `max_cost` padded cost (0: no budget), and the one that
+    holds the oldest, position 0. Where that is the last, short one, it takes the next shorter items
+    too: a batch drawn from a queue that holds a full one is full.
+
+        by_cost([9, 3, 9, 4, 3, 8], max_size=3)   # [5, 0, 2]: the oldest with the two nearest it
+    """
+
+    def fits(n: int, widest: int) -> bool:
+        return n <= max_size and not (max_cost and n > 1 and n * widest > max_cost)
+
+    order = sorted(range(len(costs)), key=lambda i: (costs[i], i))
+    batch: list[int] = []
+    for i in order:
+        if not fits(len(batch) + 1, costs[i]):
+            if 0 in batch:
+                return batch
+            batch = []
+        batch.append(i)
+    shorter = len(order) - len(batch)  # the batch is order[shorter:]
+    while shorter > 0 and fits(len(batch) + 1, costs[batch[-1]]):
+        shorter -= 1
+        batch.insert(0, order[shorter])
+    return batch
+
+
+def plan(costs: Sequence[int], max_size: int, max_cost: int = 0, lookahead: int = 1) -> list[list[int]]:
+    """The batches a Batcher cuts from a queue of `costs` that is full from the start (a saturated
+    server), as positions in `costs`: what a benchmark feeds an engine to match the server."""
+    queue = collections.deque(_Pending(i, None, 0.0, None, c) for i, c in enumerate(costs))  # type: ignore[arg-type]
+    batches = []
+    while queue:
+        n, full = _fit(queue, max_size, max_cost)
+        batches.append([e.item for e in _take(queue, n, full, max_size, max_cost, lookahead)])
+    return batches
 
 
 @dataclass(frozen=True)
@@ -69,11 +113,13 @@ class Batcher(Generic[T, R]):
         max_queue: int,
         cost: Callable[[T], int] | None = None,
         max_batch_cost: int = 0,  # padded cost budget per batch, 0 = no budget
+        lookahead: int = 1,  # batches' worth of the queue a batch is drawn from by cost; 1 = arrival order
         observer: BatchObserver | None = None,
     ) -> None:
         self.name, self.run_batch = name, run
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
         self.cost, self.max_batch_cost, self.observer = cost, max_batch_cost, observer
+        self.lookahead = lookahead if cost is not None else 1
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{name}")
         self.queue: collections.deque[_Pending[T]] = collections.deque()
         self.pending = 0  # queued + cut but not yet started
@@ -135,11 +181,12 @@ class Batcher(Generic[T, R]):
             self._drop_dead(loop.time())
             timeout: float | None = None
             if self.queue:
-                n, full = self._fit()
+                n, full = _fit(self.queue, self.max_batch_size, self.max_batch_cost)
                 waited_s = loop.time() - self.queue[0].enqueued_s
                 if full or waited_s >= self.max_wait_s or self.closed:
-                    batch = [self.queue.popleft() for _ in range(n)]
-                    self.pending -= n
+                    batch = _take(self.queue, n, full, self.max_batch_size, self.max_batch_cost,
+                                  self.lookahead)  # fmt: skip
+                    self.pending -= len(batch)
                     self._depth()
                     return batch
                 timeout = self.max_wait_s - waited_s
@@ -148,18 +195,6 @@ class Batcher(Generic[T, R]):
             self.wakeup.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.wakeup.wait(), timeout)
-
-    def _fit(self) -> tuple[int, bool]:
-        """How many items from the front make the next batch, and whether that batch is full."""
-        n, widest = 0, 0
-        for entry in self.queue:
-            if n == self.max_batch_size:
-                return n, True
-            widest_if = max(widest, entry.cost)
-            if self.max_batch_cost and n > 0 and (n + 1) * widest_if > self.max_batch_cost:
-                return n, True
-            n, widest = n + 1, widest_if
-        return n, n == self.max_batch_size
 
     def _drop_dead(self, now_s: float) -> None:
         """Removes cancelled and expired items (anywhere in the queue) before they cost compute."""
@@ -212,6 +247,39 @@ class Batcher(Generic[T, R]):
     def _depth(self) -> None:
         if self.observer:
             self.observer.depth(self.pending)
+
+
+def _fit(queue: Iterable[_Pending[Any]], max_size: int, max_cost: int) -> tuple[int, bool]:
+    """How many items from the front of `queue` make the next batch, and whether it is full."""
+    n, widest = 0, 0
+    for entry in queue:
+        if n == max_size:
+            return n, True
+        widest_if = max(widest, entry.cost)
+        if max_cost and n > 0 and (n + 1) * widest_if > max_cost:
+            return n, True
+        n, widest = n + 1, widest_if
+    return n, n == max_size
+
+
+def _take(
+    queue: collections.deque[_Pending[T]], n: int, full: bool, max_size: int, max_cost: int, lookahead: int
+) -> list[_Pending[T]]:
+    """Takes the next batch off `queue`: its `n` oldest (`_fit`), or where it holds more than a full
+    batch, the batch `by_cost` draws from its oldest `lookahead` batches' worth; those passed over
+    count it, and once one has been passed over `lookahead` times it is due: arrival order again."""
+    if not full or lookahead <= 1 or len(queue) <= n:
+        return [queue.popleft() for _ in range(n)]
+    window = [queue.popleft() for _ in range(min(len(queue), lookahead * max_size))]
+    if any(e.passes >= lookahead for e in window):
+        picks = set(range(n))
+    else:
+        picks = set(by_cost([e.cost for e in window], max_size, max_cost))
+    rest = [e for k, e in enumerate(window) if k not in picks]
+    for e in rest:
+        e.passes += 1
+    queue.extendleft(reversed(rest))
+    return [window[k] for k in sorted(picks)]
 
 
 def _dead(entry: _Pending[Any], now_s: float) -> bool:

@@ -54,6 +54,7 @@ class ServeConfig:
     max_text_chars: int = 8192  # characters per text item
     max_batch_tokens: int = 0  # text token budget per batch (padded), 0 = max_batch_size * max_len
     engine_memory_mb: int = 128  # working memory one engine call may use; bigger batches run in several calls
+    batch_lookahead: int = 8  # text: a full batch is drawn by length from this many batches queued; 1 = FIFO
     whole_text_batches: bool = False  # one engine call per text batch, not split by length (textsplit.py)
     cpu_threads: int = 0  # ONNX Runtime intra-op threads per engine, 0 = its default (all cores)
     cpu_spin: bool = False  # let ONNX Runtime's threads spin-wait (faster alone; steals the event loop's CPU)
@@ -79,7 +80,8 @@ class ServeConfig:
             raise ValueError(f"backend {self.backend!r} is not one of {', '.join(ENGINE_BACKENDS)}")
         for name in ("max_batch_size", "max_queue", "max_items_per_request", "max_request_bytes",
                      "max_image_pixels", "max_text_chars", "preprocess_threads", "max_inflight_mb",
-                     "stream_window_mb", "max_concurrent_rpcs", "engine_memory_mb"):  # fmt: skip
+                     "stream_window_mb", "max_concurrent_rpcs", "engine_memory_mb",
+                     "batch_lookahead"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if self.fsync not in ("always", "interval", "never"):

@@ -123,7 +123,8 @@ class Embedder:
             self.engines.text, self.engines.calls["text"], self.tokenizer, self.text_cost,
             text_obs.engine_call if text_obs else None,
         )  # fmt: skip
-        self.text = Batcher("text", text_run, **kw, cost=len, max_batch_cost=budget, observer=text_obs)
+        self.text = Batcher("text", text_run, **kw, cost=len, max_batch_cost=budget,
+                            lookahead=cfg.batch_lookahead, observer=text_obs)  # fmt: skip
         self.image.start()
         self.text.start()
 

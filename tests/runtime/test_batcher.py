@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from runtime.batcher import Batcher
+from runtime.batcher import Batcher, by_cost, plan
 from runtime.errors import EngineFailure, Expired, Overloaded
 
 
@@ -175,3 +175,63 @@ def test_the_engine_runs_off_the_event_loop() -> None:
         await b.close()
 
     run(go())
+
+
+def test_a_full_batch_is_the_oldest_with_the_items_nearest_it_in_length() -> None:
+    # sorted: 3 3 4 | 8 9 9; the oldest (9) is in the second batch
+    assert sorted(by_cost([9, 3, 9, 4, 3, 8], max_size=3)) == [0, 2, 5]
+    assert sorted(by_cost([3, 9, 4, 3, 8, 1], max_size=3)) == [0, 3, 5]
+    # the oldest among the longest, where they are too few for a batch: the next shorter join it
+    assert sorted(by_cost([30, 1, 2, 3, 4], max_size=3)) == [0, 3, 4]
+    # the padded budget bounds a batch drawn by length as it does one in arrival order
+    assert by_cost([30, 1, 2, 3, 4], max_size=3, max_cost=40) == [0]
+    assert sorted(by_cost([5, 5, 5, 1, 5], max_size=4, max_cost=15)) == [0, 1, 3]  # 3 x 5 ≤ 15
+
+
+def test_batches_drawn_by_length_pad_less_and_serve_every_item_once() -> None:
+    lengths = [5, 30, 6, 28, 7, 29, 5, 31, 6, 27, 8, 30, 5, 29, 7, 28]
+
+    def padded(batches: list[list[int]]) -> int:
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    fifo, drawn = plan(lengths, max_size=4), plan(lengths, max_size=4, lookahead=4)
+    assert fifo == [list(range(k, k + 4)) for k in range(0, 16, 4)]
+    assert sorted(i for b in drawn for i in b) == list(range(16))
+    assert all(len(b) == 4 for b in drawn)
+    assert padded(drawn) < 0.7 * padded(fifo)
+
+
+def test_an_item_passed_over_lookahead_times_is_served_within_twice_as_many_cuts() -> None:
+    # Twelve older items, then a long one (position 12), then three younger mates one token longer
+    # for each older item, arriving as the window slides: every cut drawn by length takes one older
+    # item and its mates and passes the long one over, which by length alone would wait for all
+    # twelve. Once passed over `lookahead` (4) times it is due: arrival order, served by cut 8.
+    older = [10 * k for k in range(1, 13)]
+    mates = [10 * k + 1 for k in range(1, 13) for _ in range(3)]
+    lengths = [*older, 1000, *mates]
+    batches = plan(lengths, max_size=4, lookahead=4)
+    served_at = next(k for k, b in enumerate(batches) if 12 in b)
+    assert served_at <= 2 * 4
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+
+
+def test_the_batcher_draws_text_batches_by_length_from_its_queue() -> None:
+    engine = Recorder(gated=True)
+    texts = ["aaaaaaaa", "b", "cccccccc", "d", "eeeeeeee", "f", "gggggggg", "h"]
+
+    async def go() -> list[str]:
+        b = batcher(engine, max_batch_size=2, max_wait_ms=0, cost=len, lookahead=4)
+        first = asyncio.ensure_future(b.submit(["held"]))
+        while not engine.started.is_set():  # "held" runs alone and holds the engine
+            await asyncio.sleep(0.001)
+        rest = asyncio.ensure_future(b.submit(texts))
+        await queued(b, len(texts))
+        engine.gate.set()
+        await first
+        out = [r.value for r in await rest]
+        await b.close()
+        return out
+
+    assert run(go()) == [t.upper() for t in texts]  # answered in the request's order
+    widths = [{len(t) for t in batch} for batch in engine.batches[1:]]
+    assert all(len(w) == 1 for w in widths), engine.batches  # no batch mixes lengths
