@@ -19,6 +19,13 @@ Three layers, from the outside in:
   its own, and reads its next request only while the most a request may be fits in it. A client
   that sends faster than it reads replies stalls itself (HTTP/2 flow control), not the server;
   streams beyond what the budget can hold are refused at start.
+- `HeavyReads`: the bytes per second the server reads of large requests, all senders together,
+  `--max-heavy-read-mb-s`. Receiving and parsing a message happens on the event loop, before which
+  gRPC queues every new call on that same loop; a few clients sending the largest requests allowed
+  as fast as they are answered take most of it, and everyone's calls wait for it before any of
+  this module sees them. So a sender whose last request was large (a connection, or a stream)
+  reserves its size in this rate before its next message is read, and waits for it, however long
+  (within its deadline): a refusal would bring it straight back.
 
 Everything here runs on the event loop thread: no locks.
 
@@ -48,6 +55,8 @@ RECEIVE_COPIES, HELD_COPIES = 3, 2
 PILLOW_BYTES_PER_PIXEL = 4  # RGB is stored as RGBX
 MAX_CLIENTS_TRACKED = 4096  # clients' fair-queueing history kept before the idle ones are dropped
 GROWERS_SHARE = 0.25  # of a budget, the most that read requests waiting to grow may hold
+HEAVY_REQUEST_BYTES = 1 * MB  # a sender whose last request was larger reads through `HeavyReads`
+HEAVY_BURST_S = 0.25  # what `HeavyReads` lets through at once, in seconds of its rate
 
 
 def image_size(data: bytes) -> tuple[int, int]:
@@ -215,3 +224,49 @@ class Reservation:
         if self.nbytes:
             self.budget._give(self.nbytes)
             self.nbytes = 0
+
+
+class HeavyReads:
+    """Reads of large requests, at most `bytes_per_s` all together: a virtual schedule (GCRA) in
+    which each read reserves its size's share of time, in the order reads ask, so that senders
+    waiting together are let through one by one rather than all at once. What a sender's next
+    request will be is not known before it is read; its last one stands for it, and the schedule
+    is corrected by the difference once it is read (`read`)."""
+
+    def __init__(self, bytes_per_s: float) -> None:
+        self.rate, self.burst_s = bytes_per_s, HEAVY_BURST_S
+        self.tat = 0.0  # loop time at which the reads scheduled so far have had their share
+        self.last: dict[str, int] = {}  # per sender: its last request's size on the wire
+
+    async def before_read(self, sender: str) -> int:
+        """Waits for this sender's next read where its last request was large, bounded only by the
+        call's deadline (refusing would bring it back at once, spending the loop on refusals).
+        Returns the bytes reserved (0: not a heavy sender); a wait given up hands its share back."""
+        nbytes = self.last.get(sender, 0)
+        if nbytes < HEAVY_REQUEST_BYTES:
+            return 0
+        now = asyncio.get_running_loop().time()
+        self.tat = max(self.tat, now) + nbytes / self.rate
+        delay = self.tat - now - self.burst_s
+        if delay > 0:
+            try:
+                await asyncio.sleep(delay)
+            except asyncio.CancelledError:
+                self.tat -= nbytes / self.rate
+                raise
+        return nbytes
+
+    def read(self, sender: str, nbytes: int, reserved: int) -> None:
+        """`sender`'s request turned out to be `nbytes` on the wire, `reserved` of it reserved."""
+        if nbytes >= HEAVY_REQUEST_BYTES or reserved:
+            self.tat = max(self.tat, asyncio.get_running_loop().time()) + (nbytes - reserved) / self.rate
+        if nbytes >= HEAVY_REQUEST_BYTES:
+            self.last[sender] = nbytes
+        else:
+            self.last.pop(sender, None)
+        if len(self.last) > MAX_CLIENTS_TRACKED:  # the oldest senders' history goes first
+            del self.last[next(iter(self.last))]
+
+    def forget(self, sender: str) -> None:
+        """`sender` (a stream) has ended."""
+        self.last.pop(sender, None)

@@ -23,7 +23,17 @@ from runtime.errors import TesseraError, shown
 from runtime.metrics import Metrics
 from runtime.proto.tessera.v1 import tessera_pb2 as pb
 from runtime.proto.tessera.v1 import tessera_pb2_grpc as pb_grpc
-from runtime.rpc import content_of, deadline_of, decoded, log, rpc, status_message, status_of, wire_size
+from runtime.rpc import (
+    content_of,
+    deadline_of,
+    decoded,
+    log,
+    read_one,
+    rpc,
+    status_message,
+    status_of,
+    wire_size,
+)  # fmt: skip
 from runtime.service import (
     Codes,
     CollectionSummary,
@@ -86,13 +96,17 @@ class Servicer(pb_grpc.TesseraServicer):
             return self._embedded(out, request.request_id)
 
         async def read() -> None:
-            """Reads requests while they fit the window; any failure becomes the next answer."""
-            requests, request_id = request_iterator.__aiter__(), ""
+            """Reads requests while they fit the window, large ones at the heavy-read rate; any
+            failure becomes the next answer."""
+            requests, request_id, sender = request_iterator.__aiter__(), "", f"stream {id(window)}"
             try:
                 while True:
                     room = await window.take(most, "the next request", None)
                     try:
-                        request = decoded(await requests.__anext__())
+                        message = await read_one(service.heavy, sender, requests)
+                        if message is None:
+                            raise StopAsyncIteration
+                        request = decoded(message)
                         request_id = request.request_id
                         items = [content_of(i, item) for i, item in enumerate(request.items)]
                         cost = service.check(len(items), wire_size(request), items)
@@ -111,6 +125,9 @@ class Servicer(pb_grpc.TesseraServicer):
                 failed: asyncio.Future[pb.EmbedResponse] = asyncio.get_running_loop().create_future()
                 failed.set_exception(e)
                 await answers.put((request_id, None, failed))
+            finally:
+                if service.heavy is not None:
+                    service.heavy.forget(sender)
 
         reader: asyncio.Future[None] | None = None
         failure = ""

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from runtime.admission import receive_cost
+from runtime.admission import HeavyReads, receive_cost
 from runtime.embedder import Content, EncodedImage, Pixels, Text
 from runtime.errors import InvalidInput, TesseraError, code_of
 from runtime.keys import SCOPE_OF, KeyFile, bearer
@@ -154,6 +154,16 @@ async def one_message(requests: AsyncIterator[Any]) -> Any:
     return first
 
 
+async def read_one(heavy: HeavyReads | None, sender: str, requests: AsyncIterator[Any]) -> Any:
+    """The next message of `requests`, read after `heavy`'s rate lets it where its sender's last
+    was large; None where the requests have ended."""
+    reserved = await heavy.before_read(sender) if heavy else 0
+    message = await anext(requests, None)
+    if heavy and message is not None:
+        heavy.read(sender, message.nbytes if isinstance(message, Parsed) else 0, reserved)
+    return message
+
+
 def rpc(method: Callable[..., Awaitable[Msg]]) -> Callable[..., Awaitable[Msg]]:
     """Counts and times a unary RPC, and turns a raised error into its status code. Its message is
     read only once the most a request may be has been reserved in the service's in-flight budget
@@ -173,9 +183,13 @@ def rpc(method: Callable[..., Awaitable[Msg]]) -> Callable[..., Awaitable[Msg]]:
             if hasattr(requests, "__aiter__"):  # served as a stream: reserve, then read
                 cfg, budget = self.service.cfg, self.service.budget
                 most, wait_s = receive_cost(cfg.max_request_bytes), cfg.admission_wait_ms / 1e3
-                reservation = await budget.take(most, f"a {name} call", wait_s, context.peer())
+                heavy, sender = self.service.heavy, context.peer()
+                reserved = await heavy.before_read(sender) if heavy else 0  # before any room is held
+                reservation = await budget.take(most, f"a {name} call", wait_s, sender)
                 token = received.set(reservation)
                 requests = await one_message(requests)
+                if heavy:
+                    heavy.read(sender, requests.nbytes if isinstance(requests, Parsed) else 0, reserved)
             return await method(self, decoded(requests), context)
         except TesseraError as e:
             code, failure = status_of(e), status_message(str(e))

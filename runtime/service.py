@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from runtime import __version__
-from runtime.admission import MB, Budget, Reservation, image_size, request_cost
+from runtime.admission import MB, Budget, HeavyReads, Reservation, image_size, request_cost
 from runtime.config import ServeConfig
 from runtime.cpu import CpuIsa, cpu_isa
 from runtime.embedder import Content, Embedder, EncodedImage, Pixels, top_codes
@@ -144,6 +144,7 @@ class Service:
         self.streams = Budget(
             cfg.max_inflight_mb * MB // 2, "the half of the in-flight budget streams may hold"
         )
+        self.heavy = HeavyReads(cfg.max_heavy_read_mb_s * MB) if cfg.max_heavy_read_mb_s > 0 else None
 
     # -- admission ---------------------------------------------------------------------------------
 

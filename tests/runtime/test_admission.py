@@ -8,7 +8,7 @@ import contextlib
 
 import pytest
 
-from runtime.admission import MB, Budget
+from runtime.admission import HEAVY_BURST_S, MB, Budget, HeavyReads
 from runtime.errors import InvalidInput, Overloaded
 
 
@@ -125,5 +125,40 @@ def test_a_stream_request_that_costs_more_than_its_read_waits_for_its_window() -
         await mine.grow_to(18 * MB, "a request", None)  # decoded images cost more than the read
         assert window.used == 18 * MB
         mine.release()
+
+    asyncio.run(run())
+
+
+def test_a_heavy_sender_reads_at_the_rate_and_a_light_one_at_once() -> None:
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        heavy = HeavyReads(10 * MB)  # 2 MB take 0.2 s of it
+        assert await heavy.before_read("big") == 0  # no history: read at once
+        heavy.read("big", 2 * MB, 0)
+        t0 = loop.time()
+        for _ in range(3):  # each reserves the last request's 2 MB before it is read
+            reserved = await heavy.before_read("big")
+            heavy.read("big", 2 * MB, reserved)
+        took = loop.time() - t0
+        assert took >= 4 * 0.2 - HEAVY_BURST_S - 0.02, took  # four reads' share of the rate, less its burst
+        t1 = loop.time()
+        assert await heavy.before_read("small") == 0
+        assert loop.time() - t1 < 0.05  # a sender of small requests never waits for it
+        heavy.read("big", 100, 0)  # a small request: no longer a heavy sender
+        assert await heavy.before_read("big") == 0
+
+    asyncio.run(run())
+
+
+def test_a_heavy_read_given_up_hands_its_share_of_the_rate_back() -> None:
+    async def run() -> None:
+        heavy = HeavyReads(1 * MB)
+        heavy.read("big", 4 * MB, 0)  # four seconds of the rate owed
+        before = heavy.tat
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(heavy.before_read("big"), 0.05)  # its deadline passes
+        assert heavy.tat == pytest.approx(before)
+        heavy.forget("big")  # its stream ended
+        assert await heavy.before_read("big") == 0
 
     asyncio.run(run())

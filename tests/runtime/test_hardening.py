@@ -293,3 +293,32 @@ def test_rpcs_beyond_the_concurrency_limit_are_resource_exhausted(bundle: Path, 
         assert codes.count(grpc.StatusCode.OK) >= 4
     finally:
         assert s.stop() == 0
+
+
+def test_large_requests_are_read_at_the_heavy_rate_while_small_ones_pass(
+    bundle: Path, tmp_path: Path
+) -> None:
+    """Receiving a message happens on the event loop that takes every client's calls: a sender of
+    large requests reads at `--max-heavy-read-mb-s`, all such senders together, and a client of
+    small requests is served meanwhile."""
+    s = Server(bundle, "--max-heavy-read-mb-s", "4", data_dir=tmp_path)
+    side = 820  # 2 MB of raw pixels a request: half a second of 4 MB/s each
+    big = pb.EmbedRequest(
+        items=[pb.Item(pixels=pb.RawImage(width=side, height=side, rgb=bytes(side * side * 3)))]
+    )
+    try:
+        with s.client() as heavy, s.client() as light:
+            heavy.stub.Embed(big, timeout=30)  # the first: read at once, and its sender now heavy
+            t0 = time.monotonic()
+            sender = threading.Thread(target=lambda: [heavy.stub.Embed(big, timeout=30) for _ in range(4)])
+            sender.start()
+            time.sleep(0.2)
+            t1 = time.monotonic()
+            light.embed_texts(["a small request"])
+            light_s = time.monotonic() - t1
+            sender.join()
+            heavy_s = time.monotonic() - t0
+    finally:
+        assert s.stop() == 0
+    assert heavy_s >= 5 * 0.5 - 0.25 - 0.3, heavy_s  # five reads' share of 4 MB/s, less its burst
+    assert light_s < 1.0, light_s
