@@ -1,6 +1,6 @@
-"""Helpers every benchmark shares: the machine line, medians, the Flickr8k captions used as text
-load, and recording a table in docs/benchmarks.md between `<!-- bench:NAME -->` markers (the rest
-of the page is left alone)."""
+"""Helpers every benchmark shares: the machine line, the CPU time the hypervisor took (`CpuSteal`),
+medians, the Flickr8k captions used as text load, and recording a table in docs/benchmarks.md
+between `<!-- bench:NAME -->` markers (the rest of the page is left alone)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,29 @@ def isa_tag() -> str:
     """A block-name suffix for benchmarks whose int8 figures depend on the ISA ("avx2",
     "avx-512-vnni", ...), so that a run on one kind of machine does not overwrite the other's."""
     return cpu_isa().int8_path.lower().replace(" ", "-")
+
+
+class CpuSteal:
+    """The share of this machine's CPU time the hypervisor gave to other guests since `start`, from
+    /proc/stat (0 where it is not readable): on a shared virtual machine this, not the code under
+    test, can be what slows a phase, and a benchmark shows it beside the phase's figures."""
+
+    def __init__(self) -> None:
+        self.start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        """(steal, all) jiffies since boot, summed over CPUs."""
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(x) for x in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return 0, 0
+        return fields[7], sum(fields)  # user nice system idle iowait irq softirq steal
+
+    def percent(self) -> float:
+        steal, total = (b - a for a, b in zip(self.start, self._read(), strict=True))
+        return 100.0 * steal / total if total else 0.0
 
 
 def median(values: list[float]) -> float:

@@ -30,7 +30,7 @@ QUICK = {  # benchmark -> its arguments for a smoke run
     "--set data.shapes_val_images=16 --set optim.batch_size=8 --set model.queue_size=32",
 }
 SLOW = {
-    "attack": f"--seconds 1 --tiny {CKPT} --edge {CKPT}",
+    "attack": f"--seconds 1 --rounds 1 --tiny {CKPT} --edge {CKPT}",
     "batch": f"--images 16 --texts 64 --rounds 1 --load-records 200 --edge {CKPT}",
     "serve": f"--tiny {CKPT} --edge {CKPT} --duration-s 1 --rounds 1 --repeats 1",
     "train_step": "--batch 4 --steps 1",
