@@ -49,7 +49,7 @@ class ServeConfig:
     max_streams_per_connection: int = (
         0  # HTTP/2 streams one connection may open, 0 = gRPC's default (no limit)
     )
-    max_heavy_read_mb_s: int = 64  # MB/s read of large requests (admission.HeavyReads), all; 0 = off
+    max_heavy_read_mb_s: int = 32  # MB/s read of large requests (admission.HeavyReads), all; 0 = off
     admission_wait_ms: float = 1000.0  # how long a call waits for room in the in-flight budget
     large_image_pixels: int = 4_000_000  # images bigger than this decode on their own thread
     max_text_chars: int = 8192  # characters per text item
