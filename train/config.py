@@ -160,6 +160,8 @@ class DataConfig:
     # ("" = the folder `images/` beside the JSONL).
     jsonl: str = ""
     image_root: str = ""
+    # several splits join with "+": "train+dev" refits a recipe chosen on dev on dev's images too;
+    # the loop then evaluates dev as trained data, keeps no best.pt, and last.pt is the result
     train_split: str = "train"
     val_split: str = "dev"
     # shapes: images generated from (seed, index); val images use a disjoint seed stream.

@@ -16,7 +16,7 @@ import torch
 from train.cache import eval_inputs_path, load_or_build
 from train.config import DataConfig
 from train.data.augment import eval_view, to_tensor
-from train.data.captions import RetrievalSet
+from train.data.captions import RetrievalSet, split_names
 from train.data.datasets import ImageLoader
 from train.data.tokenizer import TextEncoder
 from train.model import DualEncoder
@@ -149,11 +149,17 @@ def zero_shot_accuracy(
 
 
 def unseen_split(data: DataConfig, split: str, what: str) -> None:
-    """Refuses the held-out split of a run that did not hold it out: its images were trained on."""
+    """Refuses a split the run trained on: the held-out split of a run that did not hold it out, or
+    one of its training splits (a refit's dev)."""
     if split == data.held_out_split and not data.held_out:
         raise ValueError(
             f"{what} was trained without data.held_out: its {split!r} images are among the ones it "
             "trained on, so its numbers there would flatter it"
+        )
+    if split in split_names(data.train_split):
+        raise ValueError(
+            f"{what} was trained on the {split!r} split (data.train_split {data.train_split!r}), so "
+            "its numbers there would flatter it"
         )
 
 

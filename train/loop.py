@@ -5,7 +5,8 @@ Map:
   forward (online + momentum) -> gathered targets -> objective -> backward -> clipped AdamW step
   -> momentum towers' EMA -> weight average (train/average.py, where `optim.ema_decay` > 0) ->
   queue update; logs to `metrics.jsonl`; evaluates (with the weight average, where there is one)
-  and writes `last.pt` / `best.pt`. A new run with `model.codebook_init = "kmeans"` starts its
+  and writes `last.pt` / `best.pt` (no best.pt where the evaluated split is also trained on, a
+  refit: `data.train_split = "train+dev"`). A new run with `model.codebook_init = "kmeans"` starts its
   codebook at k-means centroids of its embeddings (train/kmeans.py); a run of zero steps
   (train/configs/import.toml) evaluates and saves the model as it is.
 - `lr_factor`: linear warm-up then cosine decay, a pure function of the step (exact resume).
@@ -43,6 +44,7 @@ from train.cache import (
 )
 from train.checkpoint import load_checkpoint, make_payload, save_checkpoint, set_rng_state
 from train.config import TrainConfig
+from train.data.captions import split_names
 from train.data.datasets import (
     Batch,
     Collate,
@@ -152,6 +154,14 @@ class Trainer:
         policy = InputPolicy.of(cfg.model)
         self.train_source = make_source(cfg.data, cfg.data.train_split, cfg.model.image.image_size, policy)
         self.val_source = make_source(cfg.data, cfg.data.val_split, cfg.model.image.image_size, policy)
+        # a refit trains on the split that chose its recipe: its recalls there choose nothing
+        self.choose_best = cfg.data.val_split not in split_names(cfg.data.train_split)
+        if not self.choose_best:
+            log.warning(
+                "data.val_split %r is also trained on (data.train_split %r): its recalls are logged but "
+                "choose nothing; no best.pt is written, last.pt is the result",
+                cfg.data.val_split, cfg.data.train_split,
+            )  # fmt: skip
         saved = ckpt or start  # a trained text tower keeps the tokenizer it was trained with
         self.text = build_text(cfg, self.train_source, saved["tokenizer"] if saved else None)
         if cfg.data.tokenizer == "train":
@@ -345,7 +355,7 @@ class Trainer:
             averaged = self.average.applied(self.model) if self.average else contextlib.nullcontext()
             with averaged:  # best.pt holds what was evaluated: the average, where there is one
                 self.metrics = self.evaluate()
-                if self.metrics["rsum"] > self.best_rsum:
+                if self.choose_best and self.metrics["rsum"] > self.best_rsum:
                     self.best_rsum = self.metrics["rsum"]
                     self.checkpoint("best.pt")
             record = {

@@ -152,6 +152,8 @@ def test_held_out_images_leave_their_split_for_the_test_split(tmp_path: Path) ->
     assert [i.image for i in load_jsonl(path, "train", 30, held)] == ["0.png", "2.png", "3.png", "5.png"]
     assert [i.image for i in load_jsonl(path, "test", 30, held)] == ["1.png", "4.png"]
     assert [i.image for i in load_jsonl(path, "dev", 30, held)] == ["6.png", "7.png"]
+    refit = load_jsonl(path, "train+dev", 30, held)  # a refit: training and dev images, never test
+    assert [i.image for i in refit] == ["0.png", "2.png", "3.png", "5.png", "6.png", "7.png"]
 
 
 def test_the_shipped_flickr8k_test_split_is_1000_training_images_and_the_configs_hold_it_out(

@@ -165,12 +165,14 @@ def test_eval_only_reports_a_held_out_split_and_refuses_one_the_run_trained_on(t
     from train.loop import train
 
     data = _captioned_pictures(tmp_path)
-    train(small(*data, f"data.held_out={tmp_path / 'held.txt'}", "optim.max_steps=2"), tmp_path / "held")
+    held = f"data.held_out={tmp_path / 'held.txt'}"
+    train(small(*data, held, "optim.max_steps=2"), tmp_path / "held")
     train(small(*data, "optim.max_steps=2"), tmp_path / "all")
+    train(small(*data, held, "data.train_split=train+dev", "optim.max_steps=2"), tmp_path / "refit")
 
-    def eval_only(run: str) -> subprocess.CompletedProcess[str]:
-        checkpoint = str(tmp_path / run / "best.pt")
-        cmd = [sys.executable, "-m", "train", "--eval-only", checkpoint, "--split", "test"]
+    def eval_only(run: str, split: str = "test", name: str = "best.pt") -> subprocess.CompletedProcess[str]:
+        checkpoint = str(tmp_path / run / name)
+        cmd = [sys.executable, "-m", "train", "--eval-only", checkpoint, "--split", split]
         return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
 
     ok = eval_only("held")
@@ -179,3 +181,8 @@ def test_eval_only_reports_a_held_out_split_and_refuses_one_the_run_trained_on(t
     assert report["split"] == "test" and 0 <= report["rsum"] <= 600
     refused = eval_only("all")
     assert refused.returncode == 2 and "was trained without data.held_out" in refused.stderr
+    # a refit trains on dev too: dev chose nothing there, so no best.pt; its test split is still unseen
+    assert not (tmp_path / "refit" / "best.pt").exists()
+    assert eval_only("refit", name="last.pt").returncode == 0
+    on_dev = eval_only("refit", "dev", "last.pt")
+    assert on_dev.returncode == 2 and "was trained on the 'dev' split" in on_dev.stderr

@@ -42,7 +42,9 @@ def load_jsonl(
 ) -> list[ImageCaptions]:  # fmt: skip
     """The images of `split` (all when None), captions cleaned (or only stripped, `clean=False`:
     raw text for a CLIP-family tokenizer); bad lines are named. Images named in `held_out` belong
-    to `held_out_split` whatever their line says (a split carved out of another)."""
+    to `held_out_split` whatever their line says (a split carved out of another). `split` may join
+    several with "+" ("train+dev")."""
+    wanted = split_names(split) if split is not None else None
     out: list[ImageCaptions] = []
     path = Path(path)
     with path.open() as f:
@@ -55,8 +57,8 @@ def load_jsonl(
                 caps = row["captions"] if "captions" in row else [row["caption"]]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise ValueError(f"{path}:{lineno}: not an image-caption record ({e})") from e
-            row_split = held_out_split if str(image) in held_out else row.get("split", split)
-            if split is not None and row_split != split:
+            row_split = held_out_split if str(image) in held_out else row.get("split")
+            if wanted is not None and row_split is not None and row_split not in wanted:
                 continue
             kept = (clean_caption(str(c), max_words) if clean else str(c).strip() for c in caps)
             cleaned = tuple(c for c in kept if c)
@@ -65,6 +67,12 @@ def load_jsonl(
     if not out:
         raise ValueError(f"{path}: no images in split {split!r}")
     return out
+
+
+def split_names(split: str) -> frozenset[str]:
+    """The splits a split setting names: one, or several joined by "+" ("train+dev": a refit on
+    the training data and the split that chose the recipe)."""
+    return frozenset(s.strip() for s in split.split("+"))
 
 
 def read_held_out(path: str | Path) -> frozenset[str]:

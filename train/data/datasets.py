@@ -96,6 +96,8 @@ def make_source(
 ) -> PairSource:
     """The named split of the configured data, read as the model's `policy` asks."""
     if cfg.source == "shapes":
+        if "+" in split:
+            raise ValueError(f"data.source = 'shapes' has no splits to join ({split!r})")
         n = cfg.shapes_train_images if split == cfg.train_split else cfg.shapes_val_images
         items = [
             ImageCaptions(str(i), tuple(c))
