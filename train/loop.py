@@ -44,7 +44,7 @@ from train.cache import (
 )
 from train.checkpoint import load_checkpoint, make_payload, save_checkpoint, set_rng_state
 from train.config import TrainConfig
-from train.data.captions import split_names
+from train.data.captions import refit_includes
 from train.data.datasets import (
     Batch,
     Collate,
@@ -155,7 +155,7 @@ class Trainer:
         self.train_source = make_source(cfg.data, cfg.data.train_split, cfg.model.image.image_size, policy)
         self.val_source = make_source(cfg.data, cfg.data.val_split, cfg.model.image.image_size, policy)
         # a refit trains on the split that chose its recipe: its recalls there choose nothing
-        self.choose_best = cfg.data.val_split not in split_names(cfg.data.train_split)
+        self.choose_best = not refit_includes(cfg.data.train_split, cfg.data.val_split)
         if not self.choose_best:
             log.warning(
                 "data.val_split %r is also trained on (data.train_split %r): its recalls are logged but "

@@ -75,6 +75,14 @@ def split_names(split: str) -> frozenset[str]:
     return frozenset(s.strip() for s in split.split("+"))
 
 
+def refit_includes(train_split: str, split: str) -> bool:
+    """Whether `split` is one of several splits joined into the training data (a refit,
+    "train+dev"), so that recalls measured on it can choose nothing. A single split evaluated on
+    itself (small data with no dev split) is the user's stated choice and is left alone."""
+    names = split_names(train_split)
+    return len(names) > 1 and split in names
+
+
 def read_held_out(path: str | Path) -> frozenset[str]:
     """Image names, one a line (# comments), from `path`: as given, else under the repository (the
     shipped lists live in train/splits/)."""
