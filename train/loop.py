@@ -5,10 +5,11 @@ Map:
   forward (online + momentum) -> gathered targets -> objective -> backward -> clipped AdamW step
   -> momentum towers' EMA -> weight average (train/average.py, where `optim.ema_decay` > 0) ->
   queue update; logs to `metrics.jsonl`; evaluates (with the weight average, where there is one)
-  and writes `last.pt` / `best.pt` (no best.pt where the evaluated split is also trained on, a
-  refit: `data.train_split = "train+dev"`). A new run with `model.codebook_init = "kmeans"` starts its
-  codebook at k-means centroids of its embeddings (train/kmeans.py); a run of zero steps
-  (train/configs/import.toml) evaluates and saves the model as it is.
+  and writes `last.pt` / `best.pt` (no best.pt where the evaluated split is one of several joined
+  into the training data, a refit: `data.train_split = "train+dev"`). A new run with
+  `model.codebook_init = "kmeans"` starts its codebook at k-means centroids of its embeddings
+  (train/kmeans.py); a run of zero steps (train/configs/import.toml) evaluates and saves the
+  model as it is.
 - `lr_factor`: linear warm-up then cosine decay, a pure function of the step (exact resume).
 - AdamW's parameter groups come from the model (`DualEncoder.optimizer_groups`).
 
