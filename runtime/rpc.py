@@ -86,6 +86,11 @@ def tolerant(message: Any) -> Callable[[bytes], Any]:
     return parse
 
 
+def parsed_bytes(request: Any) -> int:
+    """A read request's size on the wire as `tolerant` measured it; 0 where it did not parse."""
+    return request.nbytes if isinstance(request, Parsed) else 0
+
+
 def wire_size(request: Any) -> int:
     """The size on the wire of the request this call decoded last (`decoded`)."""
     nbytes = _wire_bytes.get()
@@ -160,7 +165,7 @@ async def read_one(heavy: HeavyReads | None, sender: str, requests: AsyncIterato
     reserved = await heavy.before_read(sender) if heavy else 0
     message = await anext(requests, None)
     if heavy and message is not None:
-        heavy.read(sender, message.nbytes if isinstance(message, Parsed) else 0, reserved)
+        heavy.read(sender, parsed_bytes(message), reserved)
     return message
 
 
@@ -189,7 +194,7 @@ def rpc(method: Callable[..., Awaitable[Msg]]) -> Callable[..., Awaitable[Msg]]:
                 token = received.set(reservation)
                 requests = await one_message(requests)
                 if heavy:
-                    heavy.read(sender, requests.nbytes if isinstance(requests, Parsed) else 0, reserved)
+                    heavy.read(sender, parsed_bytes(requests), reserved)
             return await method(self, decoded(requests), context)
         except TesseraError as e:
             code, failure = status_of(e), status_message(str(e))
