@@ -16,7 +16,7 @@ import torch
 from train.cache import eval_inputs_path, load_or_build
 from train.config import DataConfig
 from train.data.augment import eval_view, to_tensor
-from train.data.captions import RetrievalSet, refit_includes
+from train.data.captions import RetrievalSet, split_names
 from train.data.datasets import ImageLoader
 from train.data.tokenizer import TextEncoder
 from train.model import DualEncoder
@@ -150,13 +150,14 @@ def zero_shot_accuracy(
 
 def unseen_split(data: DataConfig, split: str, what: str) -> None:
     """Refuses a split the run trained on: the held-out split of a run that did not hold it out, or
-    a split joined into a refit's training data (its dev)."""
+    any of its training splits (its one split, or a refit's dev). Unlike best.pt's choice in the
+    loop, a single training split is refused too: a number reported from here claims unseen data."""
     if split == data.held_out_split and not data.held_out:
         raise ValueError(
             f"{what} was trained without data.held_out: its {split!r} images are among the ones it "
             "trained on, so its numbers there would flatter it"
         )
-    if refit_includes(data.train_split, split):
+    if split in split_names(data.train_split):
         raise ValueError(
             f"{what} was trained on the {split!r} split (data.train_split {data.train_split!r}), so "
             "its numbers there would flatter it"

@@ -181,6 +181,8 @@ def test_eval_only_reports_a_held_out_split_and_refuses_one_the_run_trained_on(t
     assert report["split"] == "test" and 0 <= report["rsum"] <= 600
     refused = eval_only("all")
     assert refused.returncode == 2 and "was trained without data.held_out" in refused.stderr
+    on_train = eval_only("held", "train")
+    assert on_train.returncode == 2 and "was trained on the 'train' split" in on_train.stderr
     # a refit trains on dev too: dev chose nothing there, so no best.pt; its test split is still unseen
     assert not (tmp_path / "refit" / "best.pt").exists()
     assert eval_only("refit", name="last.pt").returncode == 0
