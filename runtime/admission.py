@@ -23,9 +23,10 @@ Three layers, from the outside in:
   `--max-heavy-read-mb-s`. Receiving and parsing a message happens on the event loop, before which
   gRPC queues every new call on that same loop; a few clients sending the largest requests allowed
   as fast as they are answered take most of it, and everyone's calls wait for it before any of
-  this module sees them. So a sender whose last request was large (a connection, or a stream)
-  reserves its size in this rate before its next message is read, and waits for it, however long
-  (within its deadline): a refusal would bring it straight back.
+  this module sees them. So a sender whose last request was large (its API key where keys are on,
+  else its connection; or a stream) reserves its size in this rate before its next message is
+  read, and waits for it, however long (within its deadline): a refusal would bring it straight
+  back.
 
 Everything here runs on the event loop thread: no locks.
 
@@ -96,9 +97,10 @@ class Budget:
     """Bytes in flight, refused beyond `capacity_bytes`, served fairly between clients.
 
     Waiting calls are served in start-time fair queueing order (Goyal et al., 1996), with bytes as
-    the cost: each client (a connection) is charged what its requests turned out to hold once read
-    (`charge`), so a client of small requests is served ahead of one that fills the budget with
-    large ones, however many connections the latter opens; each is served in turn, none starves.
+    the cost: each client (its API key where keys are on, else a connection) is charged what its
+    requests turned out to hold once read (`charge`), so a client of small requests is served
+    ahead of one that fills the budget with large ones, however many connections the latter
+    opens; each is served in turn, none starves.
     A call's cost is not known before its message is read (gRPC gives no length first), so a client
     is charged after, and its next calls wait behind what its last ones cost."""
 

@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runtime.admission import receive_cost
 from runtime.embedder import Content, EncodedImage, Pixels, Text
 from runtime.errors import DiskFull, InvalidInput, Overloaded, StartError, TesseraError, code_of
-from runtime.keys import SCOPE_OF, KeyFile, bearer
+from runtime.keys import SCOPE_OF, KeyFile, bearer, client_of_key
 from runtime.metrics import Metrics
 from runtime.rpc import status_message
 from runtime.service import Codes, Query, Record, Service, Vector, received
@@ -237,7 +237,7 @@ class Admission:
                     f"request of {length:,} bytes is over the {cfg.max_request_bytes:,}-byte limit"
                 )
             most = receive_cost(length if length is not None else cfg.max_request_bytes)
-            client = "{}:{}".format(*scope["client"]) if scope.get("client") else ""
+            client = client_of(scope, bool(cfg.api_keys))
             reservation = await self.service.budget.take(most, "a call", cfg.admission_wait_ms / 1e3, client)
         except TesseraError as e:
             await error_response(e)(scope, receive, send)
@@ -258,6 +258,21 @@ class Admission:
         finally:
             reservation.release()
             received.reset(token)
+
+
+def client_of(scope: dict[str, Any], keyed: bool) -> str:
+    """Who a request is, for fair queueing: its key where keys are on (the Keys middleware has
+    checked it), else its connection, as on gRPC (runtime/rpc.py `client_of`)."""
+    key = presented_key(scope) if keyed else None
+    if key:
+        return client_of_key(key)
+    return "{}:{}".format(*scope["client"]) if scope.get("client") else ""
+
+
+def presented_key(scope: dict[str, Any]) -> str | None:
+    """The API key a request carries (`authorization: Bearer <key>`), if any."""
+    header = dict(scope["headers"]).get(b"authorization")
+    return bearer(header.decode("latin-1") if header else None)
 
 
 # -- API keys, before admission ---------------------------------------------------------------------
@@ -295,9 +310,8 @@ class Keys:
             await self.app(scope, receive, send)
             return
         method = method_of(scope["method"], scope["path"])
-        header = dict(scope["headers"]).get(b"authorization")
         try:
-            self.keys.check(bearer(header.decode("latin-1") if header else None), SCOPE_OF[method])
+            self.keys.check(presented_key(scope), SCOPE_OF[method])
         except TesseraError as e:
             self.metrics.rpc_done(method, code_of(e), 0.0, transport="http")
             await error_response(e)(scope, receive, send)

@@ -95,6 +95,12 @@ class KeyFile:
             raise PermissionDenied(f"this key lacks the {scope!r} scope")
 
 
+def client_of_key(presented: str | None) -> str:
+    """Whom a checked key stands for in admission's per-client history: its id, never its secret.
+    "" where there is no key."""
+    return "key " + presented.removeprefix(PREFIX).partition("_")[0] if presented else ""
+
+
 def bearer(header: str | None) -> str | None:
     """The key in an `authorization: Bearer <key>` value (or a bare key)."""
     if not header:

@@ -24,7 +24,7 @@ import grpc
 from runtime.admission import HeavyReads, receive_cost
 from runtime.embedder import Content, EncodedImage, Pixels, Text
 from runtime.errors import InvalidInput, TesseraError, code_of
-from runtime.keys import SCOPE_OF, KeyFile, bearer
+from runtime.keys import SCOPE_OF, KeyFile, bearer, client_of_key
 from runtime.proto.tessera.v1 import tessera_pb2 as pb
 from runtime.service import received
 
@@ -188,7 +188,7 @@ def rpc(method: Callable[..., Awaitable[Msg]]) -> Callable[..., Awaitable[Msg]]:
             if hasattr(requests, "__aiter__"):  # served as a stream: reserve, then read
                 cfg, budget = self.service.cfg, self.service.budget
                 most, wait_s = receive_cost(cfg.max_request_bytes), cfg.admission_wait_ms / 1e3
-                heavy, sender = self.service.heavy, context.peer()
+                heavy, sender = self.service.heavy, client_of(context, bool(cfg.api_keys))
                 reserved = await heavy.before_read(sender) if heavy else 0  # before any room is held
                 reservation = await budget.take(most, f"a {name} call", wait_s, sender)
                 token = received.set(reservation)
@@ -242,6 +242,22 @@ def timings_of(out: Any) -> pb.Timings:
     return pb.Timings(queue_ms=out.queue_ms, preprocess_ms=out.preprocess_ms, inference_ms=out.inference_ms)
 
 
+def presented_key(metadata: Any) -> str | None:
+    """The API key a call's metadata carries (`authorization: Bearer <key>`), if any."""
+    header = next((v for k, v in metadata or () if k == "authorization"), None)
+    return bearer(str(header) if header is not None else None)
+
+
+def client_of(context: grpc.aio.ServicerContext, keyed: bool) -> str:
+    """Who a call is, for fair queueing and the heavy-read rate. With API keys on, its key (KeyCheck
+    has checked it before any handler runs), so that the connections a client opens share one
+    history and a new connection for each large request gains it nothing; without keys, its
+    connection: its host would lump together every client behind one proxy or NAT."""
+    if keyed:
+        return client_of_key(presented_key(context.invocation_metadata())) or context.peer()
+    return context.peer()
+
+
 class KeyCheck(grpc.aio.ServerInterceptor):
     """API keys for tessera.v1.Tessera (health and reflection stay open, revealing nothing): a call
     without a valid key of its method's scope (runtime/keys.py) is refused before its message is
@@ -254,11 +270,8 @@ class KeyCheck(grpc.aio.ServerInterceptor):
         service, _, method = details.method.rpartition("/")
         if service != "/tessera.v1.Tessera":
             return await continuation(details)
-        header = next((v for k, v in details.invocation_metadata or () if k == "authorization"), None)
         try:
-            self.keys.check(
-                bearer(str(header) if header is not None else None), SCOPE_OF.get(method, "admin")
-            )
+            self.keys.check(presented_key(details.invocation_metadata), SCOPE_OF.get(method, "admin"))
         except TesseraError as e:
             code = code_of(e)
             self.metrics.rpc_done(method, code, 0.0)

@@ -18,7 +18,9 @@ import pytest
 from PIL import Image
 
 from runtime.client import TesseraClient, vector_item
+from runtime.keys import new_key, save
 from runtime.proto.tessera.v1 import tessera_pb2 as pb
+from runtime.proto.tessera.v1.tessera_pb2_grpc import TesseraStub
 from tests.conftest import REPO_ROOT
 from tests.runtime.conftest import Server
 
@@ -295,6 +297,14 @@ def test_rpcs_beyond_the_concurrency_limit_are_resource_exhausted(bundle: Path, 
         assert s.stop() == 0
 
 
+def two_mb_of_pixels() -> pb.EmbedRequest:
+    """An Embed of 2 MB of raw pixels: half a second of a 4 MB/s heavy-read rate."""
+    side = 820
+    return pb.EmbedRequest(
+        items=[pb.Item(pixels=pb.RawImage(width=side, height=side, rgb=bytes(side * side * 3)))]
+    )
+
+
 def test_large_requests_are_read_at_the_heavy_rate_while_small_ones_pass(
     bundle: Path, tmp_path: Path
 ) -> None:
@@ -302,10 +312,7 @@ def test_large_requests_are_read_at_the_heavy_rate_while_small_ones_pass(
     large requests reads at `--max-heavy-read-mb-s`, all such senders together, and a client of
     small requests is served meanwhile."""
     s = Server(bundle, "--max-heavy-read-mb-s", "4", data_dir=tmp_path)
-    side = 820  # 2 MB of raw pixels a request: half a second of 4 MB/s each
-    big = pb.EmbedRequest(
-        items=[pb.Item(pixels=pb.RawImage(width=side, height=side, rgb=bytes(side * side * 3)))]
-    )
+    big = two_mb_of_pixels()
     try:
         with s.client() as heavy, s.client() as light:
             heavy.stub.Embed(big, timeout=30)  # the first: read at once, and its sender now heavy
@@ -322,3 +329,33 @@ def test_large_requests_are_read_at_the_heavy_rate_while_small_ones_pass(
         assert s.stop() == 0
     assert heavy_s >= 5 * 0.5 - 0.25 - 0.3, heavy_s  # five reads' share of 4 MB/s, less its burst
     assert light_s < 1.0, light_s
+
+
+def test_a_keyed_client_opening_a_connection_per_large_request_still_reads_at_the_heavy_rate(
+    bundle: Path, tmp_path: Path
+) -> None:
+    """Without keys a sender is its connection, whose history starts empty; with API keys on it is
+    its key, so a client that opens a new connection for each large request gains nothing by it."""
+    key, entry = new_key(["read"])
+    save(keys := tmp_path / "keys.json", [entry])
+    s = Server(bundle, "--max-heavy-read-mb-s", "4", "--api-keys", str(keys), data_dir=tmp_path)
+    big = two_mb_of_pixels()
+    # A channel of its own subchannel pool: gRPC would otherwise share one connection between
+    # channels to the same target.
+    options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_send_message_length", 8 << 20)]
+
+    def embed_on_a_new_connection() -> None:
+        with grpc.insecure_channel(s.target, options=options) as channel:
+            TesseraStub(channel).Embed(big, metadata=(("authorization", f"Bearer {key}"),), timeout=30)
+
+    try:
+        with TesseraClient(s.target, 10, api_key=key) as client:
+            client.wait_ready()
+        embed_on_a_new_connection()  # the key's first: read at once, and the key now heavy
+        t0 = time.monotonic()
+        for _ in range(4):
+            embed_on_a_new_connection()
+        churn_s = time.monotonic() - t0
+    finally:
+        assert s.stop() == 0
+    assert churn_s >= 5 * 0.5 - 0.25 - 0.3, churn_s  # five reads' share of 4 MB/s, less its burst

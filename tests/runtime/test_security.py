@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from runtime.client import TesseraClient
+from runtime.keys import client_of_key, new_key
 from runtime.proto.tessera.v1 import tessera_pb2 as pb
 from tests.conftest import REPO_ROOT
 from tests.helpers import issue, write_pem
@@ -182,6 +183,22 @@ HTTP_CALLS: dict[str, tuple[str, str, str, Any]] = {  # route -> (scope, verb, p
     "create": ("admin", "POST", "/v1/collections", {"name": "keyed3"}),
     "drop": ("admin", "DELETE", "/v1/collections/keyed3", None),
 }
+
+
+def test_admission_knows_a_keyed_client_by_its_key_id_and_never_its_secret() -> None:
+    """With keys on, fair queueing and the heavy-read rate keep one history per key, whatever
+    connection a request came on (runtime/admission.py); without keys, per connection."""
+    from runtime import http_api
+
+    key, entry = new_key(["read"])
+    secret = key.rpartition("_")[2]
+    scope = {"headers": [(b"authorization", f"Bearer {key}".encode())], "client": ("127.0.0.1", 50123)}
+    other_connection = {**scope, "client": ("127.0.0.1", 50124)}
+    assert http_api.client_of(scope, keyed=True) == http_api.client_of(other_connection, keyed=True)
+    assert http_api.client_of(scope, keyed=True) == client_of_key(key) == f"key {entry.id}"
+    assert secret not in client_of_key(key)
+    assert http_api.client_of(scope, keyed=False) == "127.0.0.1:50123"
+    assert http_api.client_of({"headers": [], "client": ("10.0.0.2", 7)}, keyed=True) == "10.0.0.2:7"
 
 
 def test_api_keys_guard_every_rpc_and_route_by_scope(bundle: Path, tmp_path: Path) -> None:
