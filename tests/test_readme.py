@@ -37,17 +37,27 @@ TOOLS = ("grpcurl", "curl", "jq")
 CUT = ["--set", "optim.max_steps=2", "--set", "optim.batch_size=8", "--set", "run.progress=false"]
 
 
+def without_comment(line: str) -> str:
+    """`line` up to its shell comment: a # outside quotes, at the start or after a blank. A README
+    command's trailing comment would otherwise swallow the arguments the test appends to it."""
+    quote = ""
+    for i, ch in enumerate(line):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i].rstrip()
+    return line
+
+
 def bash_blocks(text: str) -> list[list[str]]:
     """The README's ```bash blocks, each as its commands (continuation lines joined, comments and
     blank lines dropped)."""
     blocks = []
     for body in re.findall(r"```bash\n(.*?)\n```", text, re.S):
         joined = body.replace("\\\n", " ")
-        commands = []
-        for line in joined.splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                commands.append(line)
+        commands = [c for c in (without_comment(line.strip()) for line in joined.splitlines()) if c]
         blocks.append(commands)
     return blocks
 
