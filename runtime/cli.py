@@ -104,6 +104,12 @@ def parser() -> argparse.ArgumentParser:
     se.add_argument("--row", type=int, default=0, help="which row of --vector (default 0)")
     se.add_argument("--top-k", type=int, default=5, help="hits (default 5)")
     se.add_argument("--nprobe", type=int, default=0, help="lists to search (0 = exact, the default)")
+    se.add_argument(
+        "--filter", default="", help='which records may answer: JSON, e.g. \'{"category": "shoes"}\''
+    )
+    co = command("count", "count a collection's records, all or those a filter matches")
+    co.add_argument("--collection", required=True, help="the collection to count")
+    co.add_argument("--filter", default="", help="JSON, as search's (default: every record)")
     de = command("delete", "delete records by id")
     de.add_argument("--collection", required=True, help="the collection to delete from")
     de.add_argument("ids", nargs="+", help="record ids")
@@ -272,12 +278,20 @@ def search(client: TesseraClient, args: argparse.Namespace, out: Out) -> int:
         item = image_item(args.image)
     else:
         item = vector_item(np.atleast_2d(np.load(args.vector))[args.row])
-    request = pb.SearchRequest(collection=args.collection, query=item, top_k=args.top_k, nprobe=args.nprobe)
+    request = pb.SearchRequest(collection=args.collection, query=item, top_k=args.top_k, nprobe=args.nprobe,
+                               filter_json=args.filter)  # fmt: skip
     reply = client.stub.Search(request, timeout=client.timeout_s)
     for rank, h in enumerate(reply.hits, start=1):
         payload = json.loads(h.payload_json or "null")
         out(f"{rank:2d}. {h.score:.3f}  {h.id}  code {h.code}  {json.dumps(payload)}",
             {"rank": rank, "id": h.id, "score": h.score, "code": h.code, "payload": payload})  # fmt: skip
+    return 0
+
+
+def count(client: TesseraClient, args: argparse.Namespace, out: Out) -> int:
+    reply = client.stub.Count(pb.CountRequest(collection=args.collection, filter_json=args.filter),
+                              timeout=client.timeout_s)  # fmt: skip
+    out(f"{reply.count:,} records", {"collection": args.collection, "count": reply.count})
     return 0
 
 
@@ -289,7 +303,7 @@ def delete(client: TesseraClient, args: argparse.Namespace, out: Out) -> int:
 
 COMMANDS: dict[str, Callable[[TesseraClient, argparse.Namespace, Out], int]] = {
     "info": info, "embed": embed, "lookup": lookup, "collections": collections, "index": index,
-    "load": load, "search": search, "delete": delete,
+    "load": load, "search": search, "count": count, "delete": delete,
 }  # fmt: skip
 
 

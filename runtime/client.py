@@ -302,18 +302,26 @@ class TesseraClient:
                 progress(seen, job.items, skipped)
         return loaded
 
+    def count(self, collection: str, where: dict | None = None) -> int:
+        """Records of the collection, all or those the filter `where` matches."""
+        request = pb.CountRequest(collection=collection, filter_json=json.dumps(where) if where else "")
+        return self.stub.Count(request, timeout=self.timeout_s).count
+
     def delete(self, collection: str, ids: Sequence[str]) -> int:
         return self.stub.Delete(
             pb.DeleteRequest(collection=collection, ids=ids), timeout=self.timeout_s
         ).deleted
 
     def search(
-        self, collection: str, query: Query, top_k: int = 10, nprobe: int = 0, fingerprint: str = ""
-    ) -> list[tuple[str, float, dict]]:
-        """(id, cosine, payload) best first; nprobe = 0: exact, else its nprobe best lists."""
+        self, collection: str, query: Query, top_k: int = 10, nprobe: int = 0, fingerprint: str = "",
+        where: dict | None = None,
+    ) -> list[tuple[str, float, dict]]:  # fmt: skip
+        """(id, cosine, payload) best first; nprobe = 0: exact, else its nprobe best lists (and more
+        where a filter needs them); `where`: a payload filter (runtime/index/filters.py)."""
         request = pb.SearchRequest(
-            collection=collection, query=query_item(query, fingerprint), top_k=top_k, nprobe=nprobe
-        )
+            collection=collection, query=query_item(query, fingerprint), top_k=top_k, nprobe=nprobe,
+            filter_json=json.dumps(where) if where else "",
+        )  # fmt: skip
         reply = self.stub.Search(request, timeout=self.timeout_s)
         return [(h.id, h.score, json.loads(h.payload_json)) for h in reply.hits]
 

@@ -60,6 +60,8 @@ class ServeConfig:
     cpu_threads: int = 0  # ONNX Runtime intra-op threads per engine, 0 = its default (all cores)
     cpu_spin: bool = False  # let ONNX Runtime's threads spin-wait (faster alone; steals the event loop's CPU)
     preprocess_threads: int = 4  # image decode / tokenise pool
+    max_filter_bytes: int = 16 << 10  # a search or count filter's JSON, at most (INVALID_ARGUMENT beyond)
+    max_filter_depth: int = 8  # levels of nested $and/$or/$not a filter may have
     search_threads: int = 0  # searches scanning at once, one thread each (runtime/searcher.py); 0 = cores
     metrics_port: int = -1  # Prometheus /metrics HTTP port; -1 = off, 0 = a free one (logged)
     drain_s: float = 30.0  # on SIGTERM: how long in-flight requests may take to finish
@@ -82,7 +84,7 @@ class ServeConfig:
         for name in ("max_batch_size", "max_queue", "max_items_per_request", "max_request_bytes",
                      "max_image_pixels", "max_text_chars", "preprocess_threads", "max_inflight_mb",
                      "stream_window_mb", "max_concurrent_rpcs", "engine_memory_mb",
-                     "batch_lookahead"):  # fmt: skip
+                     "batch_lookahead", "max_filter_bytes", "max_filter_depth"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if self.fsync not in ("always", "interval", "never"):

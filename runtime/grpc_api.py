@@ -222,12 +222,19 @@ class Servicer(pb_grpc.TesseraServicer):
         queries = [query] if query is not None else []
         async with self.service.admit(len(queries), wire_size(request), queries):
             found = await self.service.search(
-                request.collection, query, request.top_k, request.nprobe, deadline_of(context)
-            )
+                request.collection, query, request.top_k, request.nprobe, deadline_of(context),
+                request.filter_json,
+            )  # fmt: skip
         hits = [pb.Hit(id=h.id, score=h.score, payload_json=h.payload, code=h.code) for h in found.hits]
         return pb.SearchResponse(
             fingerprint=self.fingerprint, timings=timings(found.timings), scored=found.scored, hits=hits
         )
+
+    @rpc
+    async def Count(self, request: pb.CountRequest, context: grpc.aio.ServicerContext) -> pb.CountResponse:
+        async with self.service.admit(1, wire_size(request)):
+            n = await self.service.count(request.collection, request.filter_json)
+        return pb.CountResponse(count=n, fingerprint=self.fingerprint)
 
     @rpc
     async def CreateCollection(

@@ -10,7 +10,8 @@ model: FastAPI for the routes and their OpenAPI document (/openapi.json), uvicor
     GET  /v1/collections, POST /v1/collections, DELETE /v1/collections/{name}
     POST /v1/collections/{name}/records       upsert
     POST /v1/collections/{name}/delete        delete by id
-    POST /v1/collections/{name}/search        by text, image or vector; top_k, nprobe
+    POST /v1/collections/{name}/search        by text, image or vector; top_k, nprobe, filter
+    POST /v1/collections/{name}/count         records, all or those a filter matches
     GET  /healthz, /readyz                    live; engines warm and not draining (503 otherwise)
     GET  /, /v1/media/{path}                  the search page and its images (runtime/web.py)
 
@@ -133,6 +134,13 @@ class SearchRequest(Strict):
     query: Item | None = None
     top_k: int = 10
     nprobe: int = 0
+    filter: dict[str, Any] | None = Field(
+        None, description='which records may answer, e.g. {"price": {"$lt": 100}}'
+    )
+
+
+class CountRequest(Strict):
+    filter: dict[str, Any] | None = Field(None, description="as search's; none = every record")
 
 
 # -- conversions ----------------------------------------------------------------------------------------
@@ -295,7 +303,9 @@ def method_of(verb: str, path: str) -> str:
     if parts[:2] == ["v1", "collections"] and len(parts) == 3 and verb == "DELETE":
         return "DropCollection"
     if parts[:2] == ["v1", "collections"] and len(parts) == 4 and verb == "POST":
-        return {"records": "Upsert", "delete": "Delete", "search": "Search"}.get(parts[3], "Info")
+        return {"records": "Upsert", "delete": "Delete", "search": "Search", "count": "Count"}.get(
+            parts[3], "Info"
+        )
     return "Info"  # anything else needs a read key too: no route is told apart from a missing one
 
 
@@ -452,12 +462,21 @@ def build_app(service: Service, metrics: Metrics, keys: KeyFile | None = None) -
             query = content_of(0, body.query, "query") if body.query is not None else None
             queries = [query] if query is not None else []
             async with service.admit(len(queries), size(request), queries):
-                found = await service.search(name, query, body.top_k, body.nprobe, deadline_of(request))
+                found = await service.search(
+                    name, query, body.top_k, body.nprobe, deadline_of(request), body.filter
+                )
             hits = [
                 {"id": h.id, "score": h.score, "code": h.code, "payload": orjson.Fragment(h.payload)}
                 for h in found.hits
             ]
             return Orjson({"hits": hits, "scored": found.scored, "fingerprint": service.embedder.fingerprint})
+
+    @app.post("/v1/collections/{name}/count")
+    async def count(name: str, body: CountRequest, request: Request) -> Response:
+        with counted("Count"):
+            async with service.admit(1, size(request)):
+                n = await service.count(name, body.filter)
+            return Orjson({"count": n, "fingerprint": service.embedder.fingerprint})
 
     @app.get("/healthz")
     async def healthz() -> Response:

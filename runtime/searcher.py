@@ -1,7 +1,7 @@
 """Searches of the collections on a bounded pool of threads, batched where they arrive together.
 
     searcher = Searcher(threads=2)
-    hits, scored = await searcher.search(collection, query, top_k, nprobe, code_scores)
+    hits, scored = await searcher.search(collection, query, top_k, nprobe, code_scores, where)
     searcher.close()
 
 At most `threads` scans run at once, each on one thread (runtime/index/scan.py has the policy). A
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.index.base import Collection, Hit, Results
+from runtime.index.filters import MATCH_ALL, Filter
 
 MAX_BATCH = 64  # queries one call scores together
 
@@ -31,6 +32,7 @@ class _Waiting:
     top_k: int
     nprobe: int
     code_scores: np.ndarray  # (K,)
+    where: Filter
     answer: asyncio.Future[tuple[list[Hit], int]]
 
 
@@ -43,11 +45,12 @@ class Searcher:
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def search(
-        self, collection: Collection, query: np.ndarray, top_k: int, nprobe: int, code_scores: np.ndarray
-    ) -> tuple[list[Hit], int]:
+        self, collection: Collection, query: np.ndarray, top_k: int, nprobe: int, code_scores: np.ndarray,
+        where: Filter = MATCH_ALL,
+    ) -> tuple[list[Hit], int]:  # fmt: skip
         answer: asyncio.Future[tuple[list[Hit], int]] = asyncio.get_running_loop().create_future()
         self.waiting.setdefault(id(collection), (collection, []))[1].append(
-            _Waiting(query, top_k, nprobe, code_scores, answer)
+            _Waiting(query, top_k, nprobe, code_scores, where, answer)
         )
         self._dispatch()
         return await answer
@@ -85,13 +88,16 @@ class Searcher:
 
 
 def _search(collection: Collection, batch: list[_Waiting]) -> Results:
-    """One call per nprobe among the batch (exact queries together), at the batch's largest top_k."""
+    """One call per (nprobe, filter) among the batch (exact unfiltered queries together), at the
+    group's largest top_k."""
     out: list[tuple[list[Hit], int]] = [([], 0)] * len(batch)
-    for nprobe in sorted({w.nprobe for w in batch}):
-        members = [i for i, w in enumerate(batch) if w.nprobe == nprobe]
+    for nprobe, where in dict.fromkeys((w.nprobe, w.where) for w in batch):
+        members = [i for i, w in enumerate(batch) if w.nprobe == nprobe and w.where == where]
         queries = np.stack([batch[i].query for i in members])  # (Q, d)
         scores = np.stack([batch[i].code_scores for i in members])  # (Q, K)
         top_k = max(batch[i].top_k for i in members)
-        for i, (hits, scored) in zip(members, collection.search(queries, top_k, nprobe, scores), strict=True):
+        for i, (hits, scored) in zip(
+            members, collection.search(queries, top_k, nprobe, scores, where), strict=True
+        ):
             out[i] = (hits[: batch[i].top_k], scored)
     return out

@@ -29,6 +29,7 @@ from runtime.config import ServeConfig
 from runtime.cpu import CpuIsa, cpu_isa
 from runtime.embedder import Content, Embedder, EncodedImage, Pixels, top_codes
 from runtime.errors import InvalidInput, Unavailable
+from runtime.index import filters
 from runtime.index.base import Hit, check_id, check_payload, check_top_k
 from runtime.index.registry import Collections
 from runtime.metrics import Metrics
@@ -306,19 +307,33 @@ class Service:
         return deleted, Timings(total_ms=1e3 * (time.perf_counter() - t0))
 
     async def search(
-        self, collection: str, query: Query | None, top_k: int, nprobe: int, deadline_s: float | None
-    ) -> Found:
+        self, collection: str, query: Query | None, top_k: int, nprobe: int, deadline_s: float | None,
+        where: Any = None,
+    ) -> Found:  # fmt: skip
+        """`where`: a filter as JSON text (gRPC) or a parsed JSON object (HTTP); "" or None = none."""
         t0 = time.perf_counter()
         if query is None:
             raise InvalidInput("the request has no items")
         target = self._collections().get(collection)
+        flt = self.filter_of(where)
         k = check_top_k(top_k)
         if not 0 <= nprobe <= MAX_NPROBE:
             raise InvalidInput(f"nprobe {nprobe} must be between 0 (exact search) and {MAX_NPROBE:,}")
         vectors, scores, timings = await self.vectors([query], deadline_s, "query")
-        hits, scored = await self.searcher.search(target, vectors[0], k, nprobe, scores[0])
+        hits, scored = await self.searcher.search(target, vectors[0], k, nprobe, scores[0], flt)
         timings.total_ms = 1e3 * (time.perf_counter() - t0)
         return Found(hits, scored, timings)
+
+    async def count(self, collection: str, where: Any = None) -> int:
+        target = self._collections().get(collection)
+        return await asyncio.to_thread(target.count, self.filter_of(where))
+
+    def filter_of(self, where: Any) -> filters.Filter:
+        """A filter as JSON text or a parsed object, checked against the configured limits."""
+        size, depth = self.cfg.max_filter_bytes, self.cfg.max_filter_depth
+        if isinstance(where, str):
+            return filters.parse_json(where, size, depth)
+        return filters.parse(where, size, depth)
 
     async def create_collection(self, name: str, backend: str) -> CollectionSummary:
         return summary(await asyncio.to_thread(self._collections().create, name, backend))

@@ -1,6 +1,7 @@
 """Collections of vectors the server can search (docs/architecture.md §5).
 
     base.py      the `Collection` protocol, records, hits, name and limit checks
+    filters.py   payload filters: the dialect parsed, evaluated (three-valued), translated for Milvus
     wal.py       the write-ahead log (CRC-framed records) and snapshots of the built-in collection
     builtin.py   the embedded default: exact and codebook-routed search, durable on disk
     scan.py      its scan kernel (FAISS's SIMD loop or numpy BLAS) and the one-thread-per-scan policy

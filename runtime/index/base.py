@@ -10,6 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from runtime.errors import InvalidInput, shown
+from runtime.index.filters import MATCH_ALL, Filter
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")  # whole names only (fullmatch); valid for Milvus too
 MAX_ID_BYTES = 512
@@ -51,17 +52,22 @@ class Collection(Protocol):
         """Removes the records that exist; returns how many did."""
         ...
 
-    def search(self, queries: np.ndarray, top_k: int, nprobe: int, code_scores: np.ndarray) -> Results:
+    def search(
+        self, queries: np.ndarray, top_k: int, nprobe: int, code_scores: np.ndarray, where: Filter = MATCH_ALL
+    ) -> Results:
         """Top-k by inner product for each query (Q, d), best first: exact where nprobe is 0, else over
-        the query's nprobe best lists, ranked with its codebook scores code_scores (Q, K). Returns,
-        per query, the hits and how many vectors were scored (-1 where the backend cannot say)."""
+        the query's nprobe best lists, ranked with its codebook scores code_scores (Q, K); among the
+        records whose payload matches `where` (runtime/index/filters.py). Returns, per query, the
+        hits and how many vectors were scored (-1 where the backend cannot say)."""
         ...
 
     def get(self, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:
         """id -> (vector, payload) for the ids that exist."""
         ...
 
-    def count(self) -> int: ...
+    def count(self, where: Filter = MATCH_ALL) -> int:
+        """Records whose payload matches `where` (all, by default)."""
+        ...
 
     def close(self) -> None:
         """Flushes (the built-in one snapshots) and releases files."""

@@ -48,6 +48,7 @@ import numpy as np
 from runtime.errors import NotFound
 from runtime.index import scan, wal
 from runtime.index.base import CollectionSpec, Hit, Results, top_hits
+from runtime.index.filters import MATCH_ALL, Filter, matcher
 from runtime.index.rwlock import ReadWriteLock
 from runtime.index.scan import scores_into, scores_many
 
@@ -171,11 +172,16 @@ class BuiltinCollection:
         log.sync(end)
         return len(present)
 
-    def search(self, queries: np.ndarray, top_k: int, nprobe: int, code_scores: np.ndarray) -> Results:
+    def search(
+        self, queries: np.ndarray, top_k: int, nprobe: int, code_scores: np.ndarray, where: Filter = MATCH_ALL
+    ) -> Results:
         """Per query (Q, d) unit: its top_k by inner product, over every list (nprobe 0) or its nprobe
-        best lists by centroid (the codebook scores are not needed: every list has its centroid)."""
+        best lists by centroid (the codebook scores are not needed: every list has its centroid),
+        among the records that match `where`."""
         with self.lock.read():
             self._check_open()
+            if not where.everything:
+                return [self._filtered(q, top_k, nprobe, matcher(where)) for q in queries]
             if nprobe == 0 and queries.shape[0] > 1:
                 return self._exact_batch(queries, top_k)
             out = []
@@ -194,8 +200,13 @@ class BuiltinCollection:
                     out[i] = (self.lists[li].vectors[row].copy(), self.lists[li].payloads[row])
             return out
 
-    def count(self) -> int:
-        return len(self.where)
+    def count(self, where: Filter = MATCH_ALL) -> int:
+        if where.everything:
+            return len(self.where)
+        match = matcher(where)
+        with self.lock.read():
+            self._check_open()
+            return sum(match(p) for lst in self.lists for p in lst.payloads)
 
     def list_sizes(self) -> np.ndarray:
         """(L,) records per list: how balanced the routing is."""
@@ -260,6 +271,37 @@ class BuiltinCollection:
         found = zip(part.tolist(), rows.tolist(), best_scores.tolist(), strict=True)
         hits = [self._hit(parts[p], row, score) for p, row, score in found]
         return hits, int(ends[-1])
+
+    def _filtered(
+        self, query: np.ndarray, top_k: int, nprobe: int, match: Callable[[str], bool]
+    ) -> tuple[list[Hit], int]:
+        """Top-k among the records that match: exact (nprobe 0) over every list, else over the lists
+        in routing order, past the nprobe best until as many matching records have been scored as
+        nprobe average lists hold (and top_k at least), so that a selective filter does not leave
+        the probed lists all but empty (post-filtering's failure). `scored` counts the matching
+        records compared; every record read is tested against the filter."""
+        q = np.ascontiguousarray(query, dtype=np.float32)  # (d,)
+        order = self._route(q, len(self.lists)) if nprobe else range(len(self.lists))
+        lists = [li for li in order if self.lists[li].ids]
+        enough = max(top_k, math.ceil(nprobe * len(self.where) / max(len(lists), 1))) if nprobe else math.inf
+        parts: list[tuple[int, np.ndarray, np.ndarray]] = []  # (list, rows that match, their scores)
+        scored = 0
+        for probed, li in enumerate(lists, start=1):
+            lst = self.lists[li]
+            kept = np.flatnonzero(np.fromiter(map(match, lst.payloads), dtype=bool, count=len(lst)))  # (m,)
+            if kept.size:
+                parts.append((li, kept, lst.vectors[kept] @ q))  # (m,)
+                scored += int(kept.size)
+            if probed >= nprobe and scored >= enough:
+                break
+        if not parts:
+            return [], 0
+        scores = np.concatenate([p[2] for p in parts])  # (scored,)
+        owner = np.concatenate([np.full(p[1].size, j) for j, p in enumerate(parts)])  # (scored,) part of each
+        rows = np.concatenate([p[1] for p in parts])  # (scored,)
+        best, best_scores = top_hits(scores, None, top_k)
+        found = zip(owner[best].tolist(), rows[best].tolist(), best_scores.tolist(), strict=True)
+        return [self._hit(parts[j][0], row, score) for j, row, score in found], scored
 
     def _exact_batch(self, queries: np.ndarray, top_k: int) -> Results:
         """Exact search for queries that came together: each block of vectors is read once, for all

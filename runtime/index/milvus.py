@@ -25,6 +25,7 @@ import numpy as np
 
 from runtime.errors import InvalidInput, MissingDependency, NotFound
 from runtime.index.base import CollectionSpec, Hit, Results
+from runtime.index.filters import MATCH_ALL, Filter, milvus_expr
 
 HINT = "Milvus collections need pymilvus: `pip install 'tessera-embed[milvus]'` (pymilvus + milvus-lite)"
 NUM_PARTITIONS = 64  # physical partitions the code key hashes into
@@ -90,14 +91,21 @@ class MilvusCollection:
                 self.client.delete(self.spec.name, ids=[r["id"] for r in present])
             return len(present)
 
-    def search(self, queries: np.ndarray, top_k: int, nprobe: int, code_scores: np.ndarray) -> Results:
-        """Per query: Milvus's own index, filtered to the query's nprobe best codes where nprobe > 0."""
+    def search(
+        self, queries: np.ndarray, top_k: int, nprobe: int, code_scores: np.ndarray, where: Filter = MATCH_ALL
+    ) -> Results:
+        """Per query: Milvus's own index, filtered to the query's nprobe best codes where nprobe > 0,
+        and to the records matching `where` (its FLAT index filters exactly)."""
         out: Results = []
+        payload = milvus_expr(where)
         for query, scores in zip(queries, code_scores, strict=True):
             kwargs: dict[str, Any] = {}
+            terms = [f"({payload})"] if payload else []
             if nprobe:
                 probe = np.argsort(-scores, kind="stable")[:nprobe]  # (nprobe,) best codes first
-                kwargs["filter"] = f"code in [{', '.join(str(int(c)) for c in probe)}]"
+                terms.append(f"code in [{', '.join(str(int(c)) for c in probe)}]")
+            if terms:
+                kwargs["filter"] = " and ".join(terms)
             with self._call():
                 result = self.client.search(
                     self.spec.name, data=[query.tolist()], limit=top_k, output_fields=["payload", "code"],
@@ -116,11 +124,10 @@ class MilvusCollection:
             rows = self.client.get(self.spec.name, ids=ids, output_fields=["vector", "payload"])
         return {r["id"]: (np.asarray(r["vector"], np.float32), json.dumps(r["payload"])) for r in rows}
 
-    def count(self) -> int:
+    def count(self, where: Filter = MATCH_ALL) -> int:
         with self._call():
-            return int(
-                self.client.query(self.spec.name, filter="", output_fields=["count(*)"])[0]["count(*)"]
-            )
+            rows = self.client.query(self.spec.name, filter=milvus_expr(where), output_fields=["count(*)"])
+            return int(rows[0]["count(*)"])
 
     def close(self) -> None:
         pass  # the client is shared by the registry

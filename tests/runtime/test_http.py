@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -200,3 +201,58 @@ def test_the_readme_curl_examples_work_as_printed(server: Server) -> None:
         and '"id": "d1"' in out
         and '"dropped":"readme"' in out
     )
+
+
+def test_filtered_search_and_count_agree_on_grpc_http_and_the_cli(server: Server) -> None:
+    """A filter on Search and Count: both transports and the CLI give the exact top hits of the
+    matching records (brute force here), a bad filter is refused naming its part, and the server
+    keeps serving."""
+    from tests.runtime.test_cli import cli, rows
+
+    rng = np.random.default_rng(39)
+    vectors = rng.normal(size=(120, 16)).astype(np.float32)  # (N, d)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    payloads = [{"category": ["shoes", "bags", "hats"][i % 3], "price": i, "tags": ["red"] if i % 4 else []}
+                for i in range(120)]  # fmt: skip
+    flt = {"category": {"$in": ["shoes", "hats"]}, "price": {"$lt": 90}, "$not": {"tags": "red"}}
+    inside = [
+        i for i, p in enumerate(payloads) if p["category"] != "bags" and p["price"] < 90 and not p["tags"]
+    ]
+    q = vectors[7]
+    want = [f"r{i}" for i in sorted(inside, key=lambda i: -float(np.dot(vectors[i].astype(float), q)))[:5]]
+    with server.client() as client, httpx.Client(base_url=server.http, timeout=30) as http:
+        fp = client.info().fingerprint
+        client.create_collection("filtered")
+        client.upsert("filtered", [(f"r{i}", vectors[i], payloads[i]) for i in range(120)], fingerprint=fp)
+        assert [h[0] for h in client.search("filtered", q, top_k=5, where=flt)] == want
+        routed = client.search("filtered", q, top_k=5, nprobe=1, where=flt)
+        assert len(routed) == 5 and all(int(h[0][1:]) in inside for h in routed)  # probes past one list
+        body = {"query": {"vector": q.tolist()}, "top_k": 5, "filter": flt}
+        assert [
+            h["id"] for h in http.post("/v1/collections/filtered/search", json=body).json()["hits"]
+        ] == want
+        assert client.count("filtered", flt) == len(inside) and client.count("filtered") == 120
+        assert http.post("/v1/collections/filtered/count", json={"filter": flt}).json()["count"] == len(
+            inside
+        )
+        bad = {"query": {"text": "x"}, "filter": {"price": {"$near": 3}}}
+        refused = http.post("/v1/collections/filtered/search", json=bad)
+        assert (
+            refused.status_code == 400
+            and "price.$near: unknown operator" in refused.json()["error"]["message"]
+        )
+        with pytest.raises(grpc.RpcError) as e:
+            client.stub.Search(pb.SearchRequest(collection="filtered", query=pb.Item(text="x"), top_k=1,
+                                                filter_json='{"$or": []}'))  # fmt: skip
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "$or: $or takes a non-empty list of filters" in (e.value.details() or "")
+        counted = rows(
+            cli(server, "count", "--collection", "filtered", "--filter", json.dumps(flt), "--json")
+        )
+        assert counted == [{"collection": "filtered", "count": len(inside)}]
+        bags = ["--filter", '{"category": "bags"}', "--json"]
+        found = rows(
+            cli(server, "search", "--collection", "filtered", "--text", "a circle", "--top-k", "50", *bags)
+        )
+        assert found and all(r["payload"]["category"] == "bags" for r in found)
+        client.drop_collection("filtered")

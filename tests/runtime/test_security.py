@@ -149,6 +149,7 @@ GRPC_CALLS: dict[str, tuple[str, Callable[[Any], object]]] = {  # method -> (sco
             pb.SearchRequest(collection="keyed", query=pb.Item(text="x"), top_k=1), timeout=10
         ),
     ),
+    "Count": ("read", lambda s: s.Count(pb.CountRequest(collection="keyed"), timeout=10)),
     "Upsert": (
         "write",
         lambda s: s.Upsert(
@@ -173,6 +174,7 @@ HTTP_CALLS: dict[str, tuple[str, str, str, Any]] = {  # route -> (scope, verb, p
     "info": ("read", "GET", "/v1/info", None),
     "list": ("read", "GET", "/v1/collections", None),
     "search": ("read", "POST", "/v1/collections/keyed/search", {"query": {"text": "x"}}),
+    "count": ("read", "POST", "/v1/collections/keyed/count", {}),
     "upsert": (
         "write",
         "POST",

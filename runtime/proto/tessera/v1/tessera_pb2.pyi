@@ -259,16 +259,34 @@ class DeleteResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ..., fingerprint: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "query", "top_k", "nprobe")
+    __slots__ = ("collection", "query", "top_k", "nprobe", "filter_json")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     NPROBE_FIELD_NUMBER: _ClassVar[int]
+    FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query: Item
     top_k: int
     nprobe: int
-    def __init__(self, collection: _Optional[str] = ..., query: _Optional[_Union[Item, _Mapping]] = ..., top_k: _Optional[int] = ..., nprobe: _Optional[int] = ...) -> None: ...
+    filter_json: str
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[_Union[Item, _Mapping]] = ..., top_k: _Optional[int] = ..., nprobe: _Optional[int] = ..., filter_json: _Optional[str] = ...) -> None: ...
+
+class CountRequest(_message.Message):
+    __slots__ = ("collection", "filter_json")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    filter_json: str
+    def __init__(self, collection: _Optional[str] = ..., filter_json: _Optional[str] = ...) -> None: ...
+
+class CountResponse(_message.Message):
+    __slots__ = ("count", "fingerprint")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    fingerprint: str
+    def __init__(self, count: _Optional[int] = ..., fingerprint: _Optional[str] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "score", "payload_json", "code")

@@ -69,6 +69,11 @@ class TesseraStub:
                 request_serializer=tessera_dot_v1_dot_tessera__pb2.SearchRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_tessera__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.Count = channel.unary_unary(
+                '/tessera.v1.Tessera/Count',
+                request_serializer=tessera_dot_v1_dot_tessera__pb2.CountRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_tessera__pb2.CountResponse.FromString,
+                _registered_method=True)
         self.CreateCollection = channel.unary_unary(
                 '/tessera.v1.Tessera/CreateCollection',
                 request_serializer=tessera_dot_v1_dot_tessera__pb2.CreateCollectionRequest.SerializeToString,
@@ -137,6 +142,13 @@ class TesseraServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Count(self, request, context):
+        """Records of a collection, all or those a filter matches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateCollection(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -192,6 +204,11 @@ def add_TesseraServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=tessera_dot_v1_dot_tessera__pb2.SearchRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_tessera__pb2.SearchResponse.SerializeToString,
+            ),
+            'Count': grpc.unary_unary_rpc_method_handler(
+                    servicer.Count,
+                    request_deserializer=tessera_dot_v1_dot_tessera__pb2.CountRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_tessera__pb2.CountResponse.SerializeToString,
             ),
             'CreateCollection': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateCollection,
@@ -398,6 +415,33 @@ class Tessera:
             '/tessera.v1.Tessera/Search',
             tessera_dot_v1_dot_tessera__pb2.SearchRequest.SerializeToString,
             tessera_dot_v1_dot_tessera__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Count(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Tessera/Count',
+            tessera_dot_v1_dot_tessera__pb2.CountRequest.SerializeToString,
+            tessera_dot_v1_dot_tessera__pb2.CountResponse.FromString,
             options,
             channel_credentials,
             insecure,
