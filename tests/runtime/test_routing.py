@@ -13,6 +13,7 @@ import pytest
 
 from runtime.index import builtin, scan
 from runtime.index.builtin import BuiltinCollection, spherical_kmeans
+from runtime.index.filters import MATCH_ALL, Filter
 from runtime.index.rwlock import ReadWriteLock
 from runtime.searcher import Searcher
 from tests.runtime.test_index import D, K, brute_force, data, search, spec
@@ -151,7 +152,9 @@ class _Counting:
         self.calls: list[int] = []
         self.release = threading.Event()
 
-    def search(self, queries: np.ndarray, top_k: int, nprobe: int, code_scores: np.ndarray) -> list:
+    def search(
+        self, queries: np.ndarray, top_k: int, nprobe: int, code_scores: np.ndarray, where: Filter = MATCH_ALL
+    ) -> list:
         self.release.wait(5)
         self.calls.append(queries.shape[0])
         return [([], int(q[0])) for q in queries]
