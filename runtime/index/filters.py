@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,9 +90,6 @@ class Filter:
     @property
     def everything(self) -> bool:
         return isinstance(self.root, And) and not self.root.terms
-
-    def paths(self) -> set[tuple[str, ...]]:
-        return set(_paths(self.root))
 
     def matches(self, payload: Any) -> bool:
         """Whether a parsed payload answers the filter (true, not false or unknown)."""
@@ -238,16 +235,6 @@ def _kind_name(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
         type(value), "a number"
     )
-
-
-def _paths(node: Node) -> Iterable[tuple[str, ...]]:
-    if isinstance(node, Cmp):
-        yield node.path
-    elif isinstance(node, Not):
-        yield from _paths(node.term)
-    else:
-        for term in node.terms:
-            yield from _paths(term)
 
 
 # -- evaluation -----------------------------------------------------------------------------------------

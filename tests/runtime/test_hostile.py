@@ -54,7 +54,15 @@ def valid_requests(dim: int) -> dict[str, list[Any]]:
             pb.UpsertRequest(collection="fuzz", records=[record, pb.Record(id="r2", content=vector_item(v))])
         ],
         "Delete": [pb.DeleteRequest(collection="fuzz", ids=["r1", "nope"])],
-        "Search": [pb.SearchRequest(collection="fuzz", query=items[0], top_k=3, nprobe=2)],
+        "Search": [
+            pb.SearchRequest(collection="fuzz", query=items[0], top_k=3, nprobe=2),
+            pb.SearchRequest(
+                collection="fuzz", query=items[0], top_k=3, filter_json='{"k": {"$in": [1, "a"]}}'
+            ),
+        ],
+        "Count": [
+            pb.CountRequest(collection="fuzz", filter_json='{"$or": [{"k": 1}, {"k": {"$exists": false}}]}')
+        ],
         "CreateCollection": [pb.CreateCollectionRequest(name="fz_new", backend="builtin")],
         "ListCollections": [pb.ListCollectionsRequest()],
         "DropCollection": [pb.DropCollectionRequest(name="fz_gone")],
