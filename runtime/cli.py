@@ -8,8 +8,11 @@
     python -m runtime.client collections [create NAME --backend milvus | drop NAME]
     python -m runtime.client index photos/ --collection photos        # a folder, or items.jsonl
     python -m runtime.client load vectors/ --collection photos        # shards of python -m runtime.batch
-    python -m runtime.client search --collection photos --text "a dog" --nprobe 8
-    python -m runtime.client delete --collection photos ID...
+    python -m runtime.client search --collection photos --text "a dog" --nprobe 8 --filter '{"year": 2024}'
+    python -m runtime.client count --collection photos --filter '{"tags": "beach"}'
+    python -m runtime.client get --collection photos ID... [--vectors]
+    python -m runtime.client list --collection photos --limit 50 [--cursor LAST_ID] [--filter JSON]
+    python -m runtime.client delete --collection photos ID...  |  --filter JSON
 
 The connection options (--target, TLS, --api-key) and --json are accepted before or after the
 command. --json prints one JSON object per line; errors go to stderr as one line, exit code 1
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -110,9 +114,19 @@ def parser() -> argparse.ArgumentParser:
     co = command("count", "count a collection's records, all or those a filter matches")
     co.add_argument("--collection", required=True, help="the collection to count")
     co.add_argument("--filter", default="", help="JSON, as search's (default: every record)")
-    de = command("delete", "delete records by id")
+    de = command("delete", "delete records by id, or every record a filter matches")
     de.add_argument("--collection", required=True, help="the collection to delete from")
-    de.add_argument("ids", nargs="+", help="record ids")
+    de.add_argument("--filter", default="", help="JSON, as search's: delete what it matches (instead of ids)")
+    de.add_argument("ids", nargs="*", help="record ids")
+    ge = command("get", "records by id: payload, top code and (--vectors) vector")
+    ge.add_argument("--collection", required=True, help="the collection to read")
+    ge.add_argument("--vectors", action="store_true", help="print the vectors too")
+    ge.add_argument("ids", nargs="+", help="record ids")
+    li = command("list", "records in id order, a page at a time")
+    li.add_argument("--collection", required=True, help="the collection to list")
+    li.add_argument("--filter", default="", help="JSON, as search's (default: every record)")
+    li.add_argument("--limit", type=int, default=100, help="records per page (default 100)")
+    li.add_argument("--cursor", default="", help="the next_cursor a page printed (default: the start)")
     return p
 
 
@@ -296,14 +310,53 @@ def count(client: TesseraClient, args: argparse.Namespace, out: Out) -> int:
 
 
 def delete(client: TesseraClient, args: argparse.Namespace, out: Out) -> int:
-    n = client.delete(args.collection, args.ids)
-    out(f"deleted {n} of {len(args.ids)}", {"deleted": n, "asked": len(args.ids)})
+    if bool(args.ids) == bool(args.filter):
+        raise CliError("delete needs record ids or --filter (one of them)")
+    request = pb.DeleteRequest(collection=args.collection, ids=args.ids, filter_json=args.filter)
+    n = client.stub.Delete(request, timeout=client.timeout_s).deleted
+    if args.filter:
+        out(f"deleted {n} matching {args.filter}", {"deleted": n, "filter": json.loads(args.filter)})
+    else:
+        out(f"deleted {n} of {len(args.ids)}", {"deleted": n, "asked": len(args.ids)})
     return 0
+
+
+def get(client: TesseraClient, args: argparse.Namespace, out: Out) -> int:
+    request = pb.GetRequest(collection=args.collection, ids=args.ids, with_vectors=args.vectors)
+    reply = client.stub.Get(request, timeout=client.timeout_s)
+    for r in reply.records:
+        stored_out(r, out)
+    for missing in reply.missing:
+        out(f"{missing}  (not in {args.collection})", {"id": missing, "missing": True})
+    return 0
+
+
+def list_records(client: TesseraClient, args: argparse.Namespace, out: Out) -> int:
+    request = pb.ListRecordsRequest(
+        collection=args.collection, limit=args.limit, cursor=args.cursor, filter_json=args.filter
+    )
+    reply = client.stub.ListRecords(request, timeout=client.timeout_s)
+    for r in reply.records:
+        stored_out(r, out)
+    more = f"next page: --cursor {shlex.quote(reply.next_cursor)}" if reply.next_cursor else "(the end)"
+    out(more, {"next_cursor": reply.next_cursor})
+    return 0
+
+
+def stored_out(r: pb.StoredRecord, out: Out) -> None:
+    payload = json.loads(r.payload_json or "null")
+    record: dict[str, Any] = {"id": r.id, "code": r.code, "payload": payload}
+    human = f"{r.id}  code {r.code}  {json.dumps(payload)}"
+    if r.vector:
+        vector = np.frombuffer(r.vector, dtype="<f4")  # (d,)
+        record["vector"] = vector.tolist()
+        human += f"  [{', '.join(f'{x:.4f}' for x in vector[:4])}, …] (d={vector.size})"
+    out(human, record)
 
 
 COMMANDS: dict[str, Callable[[TesseraClient, argparse.Namespace, Out], int]] = {
     "info": info, "embed": embed, "lookup": lookup, "collections": collections, "index": index,
-    "load": load, "search": search, "count": count, "delete": delete,
+    "load": load, "search": search, "count": count, "delete": delete, "get": get, "list": list_records,
 }  # fmt: skip
 
 

@@ -46,6 +46,18 @@ class EmbedReply:
     timings: pb.Timings
 
 
+@dataclass(frozen=True)
+class StoredRecord:
+    payload: Any  # the parsed JSON payload
+    code: int  # its top code
+    vector: np.ndarray | None  # (d,) float32 where asked for
+
+
+def stored_record(r: pb.StoredRecord) -> StoredRecord:
+    vector = np.frombuffer(r.vector, dtype="<f4").copy() if r.vector else None  # (d,)
+    return StoredRecord(json.loads(r.payload_json or "null"), r.code, vector)
+
+
 def image_item(image: ImageLike) -> pb.Item:
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -307,10 +319,36 @@ class TesseraClient:
         request = pb.CountRequest(collection=collection, filter_json=json.dumps(where) if where else "")
         return self.stub.Count(request, timeout=self.timeout_s).count
 
-    def delete(self, collection: str, ids: Sequence[str]) -> int:
-        return self.stub.Delete(
-            pb.DeleteRequest(collection=collection, ids=ids), timeout=self.timeout_s
-        ).deleted
+    def delete(self, collection: str, ids: Sequence[str] = (), where: dict | None = None) -> int:
+        """The records named by `ids`, or every record the filter `where` matches; how many there were."""
+        flt = json.dumps(where) if where else ""
+        request = pb.DeleteRequest(collection=collection, ids=ids, filter_json=flt)
+        return self.stub.Delete(request, timeout=self.timeout_s).deleted
+
+    def get(
+        self, collection: str, ids: Sequence[str], with_vectors: bool = False
+    ) -> tuple[dict[str, StoredRecord], list[str]]:
+        """(id -> its record, the ids the collection does not hold)."""
+        request = pb.GetRequest(collection=collection, ids=ids, with_vectors=with_vectors)
+        reply = self.stub.Get(request, timeout=self.timeout_s)
+        return {r.id: stored_record(r) for r in reply.records}, list(reply.missing)
+
+    def records(
+        self, collection: str, where: dict | None = None, page_size: int = 100, with_vectors: bool = False
+    ) -> Iterator[tuple[str, StoredRecord]]:
+        """Every record (that `where` matches) in id order, a page per call: a record present for
+        the whole walk is yielded exactly once, whatever is written meanwhile."""
+        cursor, flt = "", json.dumps(where) if where else ""
+        while True:
+            request = pb.ListRecordsRequest(
+                collection=collection, limit=page_size, cursor=cursor, filter_json=flt,
+                with_vectors=with_vectors,
+            )  # fmt: skip
+            reply = self.stub.ListRecords(request, timeout=self.timeout_s)
+            yield from ((r.id, stored_record(r)) for r in reply.records)
+            if not reply.next_cursor:
+                return
+            cursor = reply.next_cursor
 
     def search(
         self, collection: str, query: Query, top_k: int = 10, nprobe: int = 0, fingerprint: str = "",

@@ -20,6 +20,7 @@ import numpy as np
 from runtime.admission import MB, Budget, Reservation, receive_cost
 from runtime.embedder import Content
 from runtime.errors import TesseraError, shown
+from runtime.index.base import Stored
 from runtime.metrics import Metrics
 from runtime.proto.tessera.v1 import tessera_pb2 as pb
 from runtime.proto.tessera.v1 import tessera_pb2_grpc as pb_grpc
@@ -47,6 +48,7 @@ from runtime.service import (
     Vector,
 )
 
+DEFAULT_PAGE = 100  # records per listing page where the request leaves limit 0
 STREAM_END_GRACE_S = 0.01  # a stream waits this after its last request for a cancel behind it (EmbedStream)
 
 
@@ -212,9 +214,33 @@ class Servicer(pb_grpc.TesseraServicer):
 
     @rpc
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
-        async with self.service.admit(len(request.ids), wire_size(request)):
-            deleted, spent = await self.service.delete(request.collection, list(request.ids))
+        async with self.service.admit(max(len(request.ids), 1), wire_size(request)):
+            deleted, spent = await self.service.delete(
+                request.collection, list(request.ids), request.filter_json
+            )
         return pb.DeleteResponse(deleted=deleted, fingerprint=self.fingerprint, timings=timings(spent))
+
+    @rpc
+    async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
+        async with self.service.admit(len(request.ids), wire_size(request)):
+            got = await self.service.get(request.collection, list(request.ids), request.with_vectors)
+        return pb.GetResponse(
+            fingerprint=self.fingerprint, records=[stored(i, r) for i, r in got.records], missing=got.missing
+        )
+
+    @rpc
+    async def ListRecords(
+        self, request: pb.ListRecordsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRecordsResponse:
+        async with self.service.admit(1, wire_size(request)):
+            page = await self.service.list_records(
+                request.collection, request.limit or DEFAULT_PAGE, request.cursor, request.filter_json,
+                request.with_vectors,
+            )  # fmt: skip
+        return pb.ListRecordsResponse(
+            fingerprint=self.fingerprint, records=[stored(i, r) for i, r in page.records],
+            next_cursor=page.next_cursor,
+        )  # fmt: skip
 
     @rpc
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
@@ -277,6 +303,11 @@ def query_of(index: int, item: pb.Item, what: str = "item") -> Query:
             np.frombuffer(data, dtype="<f4", count=len(data) // 4), item.vector.fingerprint, len(data)
         )
     return content_of(index, item, what)
+
+
+def stored(record_id: str, r: Stored) -> pb.StoredRecord:
+    vector = r.vector.astype("<f4").tobytes() if r.vector is not None else b""
+    return pb.StoredRecord(id=record_id, payload_json=r.payload, code=r.code, vector=vector)
 
 
 def codes(item_codes: Codes) -> list[pb.Code]:

@@ -9,9 +9,11 @@ model: FastAPI for the routes and their OpenAPI document (/openapi.json), uvicor
     GET  /v1/info                             the model, limits and engines
     GET  /v1/collections, POST /v1/collections, DELETE /v1/collections/{name}
     POST /v1/collections/{name}/records       upsert
-    POST /v1/collections/{name}/delete        delete by id
+    POST /v1/collections/{name}/delete        delete by ids, or every record a filter matches
     POST /v1/collections/{name}/search        by text, image or vector; top_k, nprobe, filter
     POST /v1/collections/{name}/count         records, all or those a filter matches
+    POST /v1/collections/{name}/get           records by id (payload, code, optionally vector)
+    POST /v1/collections/{name}/list          a page of records in id order; cursor, filter
     GET  /healthz, /readyz                    live; engines warm and not draining (503 otherwise)
     GET  /, /v1/media/{path}                  the search page and its images (runtime/web.py)
 
@@ -50,6 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runtime.admission import receive_cost
 from runtime.embedder import Content, EncodedImage, Pixels, Text
 from runtime.errors import DiskFull, InvalidInput, Overloaded, StartError, TesseraError, code_of
+from runtime.index.base import Stored
 from runtime.keys import SCOPE_OF, KeyFile, bearer, client_of_key
 from runtime.metrics import Metrics
 from runtime.rpc import status_message
@@ -127,7 +130,22 @@ class UpsertRequest(Strict):
 
 
 class DeleteRequest(Strict):
+    ids: list[str] = []
+    filter: dict[str, Any] | None = Field(None, description="instead of ids: every record it matches")
+
+
+class GetRequest(Strict):
     ids: list[str]
+    with_vectors: bool = False
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+class ListRequest(Strict):
+    limit: int = 100
+    cursor: str = Field("", description="next_cursor of the page before; empty = from the start")
+    filter: dict[str, Any] | None = None
+    with_vectors: bool = False
+    encoding_format: Literal["float", "base64"] = "float"
 
 
 class SearchRequest(Strict):
@@ -196,6 +214,13 @@ def input_of(index: int, text: str) -> Content:
 
 def vector_json(vector: np.ndarray, encoding: str) -> Any:
     return base64.b64encode(vector.astype("<f4").tobytes()).decode() if encoding == "base64" else vector
+
+
+def record_json(record_id: str, r: Stored, encoding: str) -> dict[str, Any]:
+    out = {"id": record_id, "payload": orjson.Fragment(r.payload), "code": r.code}
+    if r.vector is not None:
+        out["vector"] = vector_json(r.vector, encoding)
+    return out
 
 
 def codes_json(codes: Codes) -> list[dict[str, Any]]:
@@ -303,9 +328,9 @@ def method_of(verb: str, path: str) -> str:
     if parts[:2] == ["v1", "collections"] and len(parts) == 3 and verb == "DELETE":
         return "DropCollection"
     if parts[:2] == ["v1", "collections"] and len(parts) == 4 and verb == "POST":
-        return {"records": "Upsert", "delete": "Delete", "search": "Search", "count": "Count"}.get(
-            parts[3], "Info"
-        )
+        routes = {"records": "Upsert", "delete": "Delete", "search": "Search", "count": "Count",
+                  "get": "Get", "list": "ListRecords"}  # fmt: skip
+        return routes.get(parts[3], "Info")
     return "Info"  # anything else needs a read key too: no route is told apart from a missing one
 
 
@@ -452,9 +477,29 @@ def build_app(service: Service, metrics: Metrics, keys: KeyFile | None = None) -
     @app.post("/v1/collections/{name}/delete")
     async def delete(name: str, body: DeleteRequest, request: Request) -> Response:
         with counted("Delete"):
-            async with service.admit(len(body.ids), size(request)):
-                deleted, _ = await service.delete(name, body.ids)
+            async with service.admit(max(len(body.ids), 1), size(request)):
+                deleted, _ = await service.delete(name, body.ids, body.filter)
                 return Orjson({"deleted": deleted})
+
+    @app.post("/v1/collections/{name}/get")
+    async def get(name: str, body: GetRequest, request: Request) -> Response:
+        with counted("Get"):
+            async with service.admit(len(body.ids), size(request)):
+                got = await service.get(name, body.ids, body.with_vectors)
+            records = [record_json(i, r, body.encoding_format) for i, r in got.records]
+            fingerprint = service.embedder.fingerprint
+            return Orjson({"records": records, "missing": got.missing, "fingerprint": fingerprint})
+
+    @app.post("/v1/collections/{name}/list")
+    async def list_records(name: str, body: ListRequest, request: Request) -> Response:
+        with counted("ListRecords"):
+            async with service.admit(1, size(request)):
+                page = await service.list_records(
+                    name, body.limit, body.cursor, body.filter, body.with_vectors
+                )
+            records = [record_json(i, r, body.encoding_format) for i, r in page.records]
+            return Orjson({"records": records, "next_cursor": page.next_cursor,
+                           "fingerprint": service.embedder.fingerprint})  # fmt: skip
 
     @app.post("/v1/collections/{name}/search")
     async def search(name: str, body: SearchRequest, request: Request) -> Response:

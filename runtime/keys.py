@@ -34,7 +34,8 @@ SCOPES = ("read", "write", "admin")
 PREFIX = "tsk_"
 SCOPE_OF = {  # the API's methods (gRPC's names; the HTTP routes map onto them)
     "Embed": "read", "EmbedStream": "read", "Lookup": "read", "Search": "read", "Info": "read",
-    "Count": "read", "ListCollections": "read", "Upsert": "write", "Delete": "write",
+    "Count": "read", "Get": "read", "ListRecords": "read", "ListCollections": "read",
+    "Upsert": "write", "Delete": "write",
     "CreateCollection": "admin", "DropCollection": "admin", "Media": "read",
 }  # fmt: skip
 

@@ -30,7 +30,7 @@ from runtime.cpu import CpuIsa, cpu_isa
 from runtime.embedder import Content, Embedder, EncodedImage, Pixels, top_codes
 from runtime.errors import InvalidInput, Unavailable
 from runtime.index import filters
-from runtime.index.base import Hit, check_id, check_payload, check_top_k
+from runtime.index.base import MAX_ID_BYTES, Hit, Stored, check_id, check_payload, check_top_k
 from runtime.index.registry import Collections
 from runtime.metrics import Metrics
 from runtime.searcher import Searcher
@@ -39,6 +39,7 @@ from runtime.selfcheck import PrecisionCheck
 received: ContextVar[Reservation | None] = ContextVar("received", default=None)  # this call's budget share
 Codes = list[tuple[int, float]]  # (code id, cosine), best first
 MAX_NPROBE = 1 << 16  # lists a routed search may scan (a collection scans at most all it has)
+MAX_PAGE = 1000  # records per page of a listing
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,18 @@ class Found:
     hits: list[Hit]
     scored: int  # vectors scored (-1: the backend does not say)
     timings: Timings
+
+
+@dataclass(frozen=True)
+class Got:
+    records: list[tuple[str, Stored]]  # in the order asked, each id once
+    missing: list[str]  # asked for and not there
+
+
+@dataclass(frozen=True)
+class Page:
+    records: list[tuple[str, Stored]]  # in id order
+    next_cursor: str  # the last id of this page; "" when the listing is complete
 
 
 @dataclass(frozen=True)
@@ -299,12 +312,40 @@ class Service:
         vectors = self.normalised(array, range(first, first + n), "record")
         return vectors, self.embedder.vector_scores(vectors)
 
-    async def delete(self, collection: str, ids: Sequence[str]) -> tuple[int, Timings]:
+    async def delete(self, collection: str, ids: Sequence[str], where: Any = None) -> tuple[int, Timings]:
+        """The records named by `ids`, or those a filter `where` matches (one or the other)."""
         t0 = time.perf_counter()
         target = self._collections().get(collection)
         checked = [check_id(i, record_id) for i, record_id in enumerate(ids)]
-        deleted = await asyncio.to_thread(target.delete, checked)
+        if where in (None, ""):
+            deleted = await asyncio.to_thread(target.delete, checked)
+        else:
+            if checked:
+                raise InvalidInput("delete takes ids or a filter, not both")
+            flt = self.filter_of(where)
+            if flt.everything:
+                raise InvalidInput("a filter matching every record is refused: drop the collection instead")
+            deleted = await asyncio.to_thread(target.delete_where, flt)
         return deleted, Timings(total_ms=1e3 * (time.perf_counter() - t0))
+
+    async def get(self, collection: str, ids: Sequence[str], with_vectors: bool) -> Got:
+        target = self._collections().get(collection)
+        asked = list(dict.fromkeys(check_id(i, record_id) for i, record_id in enumerate(ids)))
+        found = await asyncio.to_thread(target.get, asked, with_vectors)
+        return Got([(i, found[i]) for i in asked if i in found], [i for i in asked if i not in found])
+
+    async def list_records(
+        self, collection: str, limit: int, cursor: str, where: Any = None, with_vectors: bool = False
+    ) -> Page:
+        """A page of the records a filter matches, in id order, after the id `cursor` ("" = from
+        the start); a record present for the whole listing is in exactly one of its pages."""
+        target = self._collections().get(collection)
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit {limit} must be between 1 and {MAX_PAGE}")
+        if len(cursor.encode()) > MAX_ID_BYTES:
+            raise InvalidInput(f"cursor of {len(cursor.encode())} bytes is over {MAX_ID_BYTES} (a record id)")
+        records = await asyncio.to_thread(target.page, cursor, limit, self.filter_of(where), with_vectors)
+        return Page(records, records[-1][0] if len(records) == limit else "")
 
     async def search(
         self, collection: str, query: Query | None, top_k: int, nprobe: int, deadline_s: float | None,

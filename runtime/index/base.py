@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -37,6 +37,14 @@ class Hit:
     code: int = -1  # the record's top code (its list in routed search); -1 where unknown
 
 
+class Stored(NamedTuple):
+    """A record as a collection holds it (Get and the listing)."""
+
+    vector: np.ndarray | None  # (d,) unit float32; None where it was not asked for
+    payload: str  # JSON text
+    code: int  # its top code
+
+
 Results = list[tuple[list[Hit], int]]  # per query: hits best first, how many vectors were scored
 
 
@@ -61,8 +69,20 @@ class Collection(Protocol):
         hits and how many vectors were scored (-1 where the backend cannot say)."""
         ...
 
-    def get(self, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:
-        """id -> (vector, payload) for the ids that exist."""
+    def delete_where(self, where: Filter) -> int:
+        """Removes the records whose payload matches `where`, as one write; returns how many."""
+        ...
+
+    def get(self, ids: list[str], vectors: bool = True) -> dict[str, Stored]:
+        """id -> its record, for the ids that exist (vectors only where asked for)."""
+        ...
+
+    def page(
+        self, after: str, limit: int, where: Filter = MATCH_ALL, vectors: bool = False
+    ) -> list[tuple[str, Stored]]:
+        """Up to `limit` records matching `where` whose ids sort after `after` (bytes of UTF-8
+        order), in id order: a listing's next page. A record present for a whole listing is in
+        exactly one page of it, whatever is written meanwhile."""
         ...
 
     def count(self, where: Filter = MATCH_ALL) -> int:

@@ -44,10 +44,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from sortedcontainers import SortedList
 
 from runtime.errors import NotFound
 from runtime.index import scan, wal
-from runtime.index.base import CollectionSpec, Hit, Results, top_hits
+from runtime.index.base import CollectionSpec, Hit, Results, Stored, top_hits
 from runtime.index.filters import MATCH_ALL, Filter, matcher
 from runtime.index.rwlock import ReadWriteLock
 from runtime.index.scan import scores_into, scores_many
@@ -140,6 +141,7 @@ class BuiltinCollection:
         self.centroids = np.zeros((spec.codebook_size, spec.dim), dtype=np.float32)  # (L, d) unit, 0 if empty
         self.empty = np.ones(spec.codebook_size, dtype=bool)  # (L,) holds no record
         self.where: dict[str, tuple[int, int]] = {}  # id -> (list, row)
+        self.ordered = SortedList()  # every id, in order: the listing's pages
         self.closed = False
         self.cancel = threading.Event()  # a drop stops a snapshot being written
         self.snapshotting: threading.Thread | None = None
@@ -162,15 +164,29 @@ class BuiltinCollection:
     def delete(self, ids: list[str]) -> int:
         with self.lock.write():
             self._check_open()
-            present = [i for i in dict.fromkeys(ids) if i in self.where]
-            if not present:
-                return 0
-            op = wal.Op(wal.DELETE, present)
-            log, end = self.log, self.log.append(op)
-            self._apply(op)
-            self._maybe_snapshot()
+            log, end, n = self._delete([i for i in dict.fromkeys(ids) if i in self.where])
+        log.sync(end)  # off the lock, as upsert's
+        return n
+
+    def delete_where(self, where: Filter) -> int:
+        match = matcher(where)
+        with self.lock.write():  # chosen and removed in one write: nothing matching slips between
+            self._check_open()
+            chosen = [i for lst in self.lists for i, p in zip(lst.ids, lst.payloads, strict=True) if match(p)]
+            log, end, n = self._delete(chosen)
         log.sync(end)
-        return len(present)
+        return n
+
+    def _delete(self, present: list[str]) -> tuple[wal.Log, int, int]:
+        """Logs and applies the removal of records that exist (under the write lock); returns the
+        log and offset to sync before acknowledging, and how many were removed."""
+        if not present:
+            return self.log, 0, 0
+        op = wal.Op(wal.DELETE, present)
+        log, end = self.log, self.log.append(op)
+        self._apply(op)
+        self._maybe_snapshot()
+        return log, end, len(present)
 
     def search(
         self, queries: np.ndarray, top_k: int, nprobe: int, code_scores: np.ndarray, where: Filter = MATCH_ALL
@@ -190,15 +206,30 @@ class BuiltinCollection:
                 out.append(self._scan(np.ascontiguousarray(q, dtype=np.float32), top_k, probed))
             return out
 
-    def get(self, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:
+    def get(self, ids: list[str], vectors: bool = True) -> dict[str, Stored]:
         with self.lock.read():
             self._check_open()
-            out = {}
-            for i in ids:
-                if i in self.where:
-                    li, row = self.where[i]
-                    out[i] = (self.lists[li].vectors[row].copy(), self.lists[li].payloads[row])
-            return out
+            return {i: self._stored(i, vectors) for i in ids if i in self.where}
+
+    def page(
+        self, after: str, limit: int, where: Filter = MATCH_ALL, vectors: bool = False
+    ) -> list[tuple[str, Stored]]:
+        match = None if where.everything else matcher(where)
+        out: list[tuple[str, Stored]] = []
+        with self.lock.read():
+            self._check_open()
+            for i in self.ordered.irange(minimum=after, inclusive=(False, False)) if after else self.ordered:
+                if len(out) == limit:
+                    break
+                li, row = self.where[i]
+                if match is None or match(self.lists[li].payloads[row]):
+                    out.append((i, self._stored(i, vectors)))
+        return out
+
+    def _stored(self, record_id: str, vectors: bool) -> Stored:
+        li, row = self.where[record_id]
+        lst = self.lists[li]
+        return Stored(lst.vectors[row].copy() if vectors else None, lst.payloads[row], lst.code)
 
     def count(self, where: Filter = MATCH_ALL) -> int:
         if where.everything:
@@ -346,10 +377,13 @@ class BuiltinCollection:
     def _apply(self, op: wal.Op) -> None:
         if op.kind == wal.DELETE:
             for record_id in op.ids:
+                if record_id in self.where:
+                    self.ordered.remove(record_id)
                 self._remove(record_id)
             return
         assert op.vectors is not None and op.codes is not None and op.payloads is not None
         last = {record_id: i for i, record_id in enumerate(op.ids)}  # a repeated id: the last one wins
+        self.ordered.update(i for i in last if i not in self.where)
         for record_id in last:
             self._remove(record_id)
         keep = np.fromiter(last.values(), dtype=np.int64, count=len(last))

@@ -24,13 +24,14 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import InvalidInput, MissingDependency, NotFound
-from runtime.index.base import CollectionSpec, Hit, Results
+from runtime.index.base import CollectionSpec, Hit, Results, Stored
 from runtime.index.filters import MATCH_ALL, Filter, milvus_expr
 
 HINT = "Milvus collections need pymilvus: `pip install 'tessera-embed[milvus]'` (pymilvus + milvus-lite)"
 NUM_PARTITIONS = 64  # physical partitions the code key hashes into
 SPEC_PROPERTY = "tessera.spec"
 COLLECTION_NOT_FOUND = 100  # Milvus's error code
+DELETE_BATCH = 4096  # ids per delete call of a delete by filter
 
 
 def connect(uri: str) -> Any:
@@ -119,10 +120,50 @@ class MilvusCollection:
             out.append((hits, -1))  # Milvus does not report how many vectors it scored
         return out
 
-    def get(self, ids: list[str]) -> dict[str, tuple[np.ndarray, str]]:
+    def delete_where(self, where: Filter) -> int:
+        """The matching ids, read page by page, then deleted by id: Milvus's delete by expression
+        answers with keys it did not delete too, so its count would be wrong."""
+        deleted = 0
         with self._call():
-            rows = self.client.get(self.spec.name, ids=ids, output_fields=["vector", "payload"])
-        return {r["id"]: (np.asarray(r["vector"], np.float32), json.dumps(r["payload"])) for r in rows}
+            pages = self.client.query_iterator(
+                self.spec.name, batch_size=DELETE_BATCH, filter=milvus_expr(where), output_fields=["id"]
+            )
+            try:
+                while rows := pages.next():
+                    self.client.delete(self.spec.name, ids=[r["id"] for r in rows])
+                    deleted += len(rows)
+            finally:
+                pages.close()
+        return deleted
+
+    def get(self, ids: list[str], vectors: bool = True) -> dict[str, Stored]:
+        with self._call():
+            asked = list(dict.fromkeys(ids))
+            rows = self.client.get(self.spec.name, ids=asked, output_fields=self._fields(vectors))
+        return {r["id"]: _stored(r, vectors) for r in rows}
+
+    def page(
+        self, after: str, limit: int, where: Filter = MATCH_ALL, vectors: bool = False
+    ) -> list[tuple[str, Stored]]:
+        """Milvus's query iterator pages by primary key, in order (a plain query with a limit does
+        not: it answers in segment order)."""
+        terms = [f"id > {json.dumps(after, ensure_ascii=False)}"] if after else []
+        if expr := milvus_expr(where):
+            terms.append(f"({expr})")
+        with self._call():
+            pages = self.client.query_iterator(
+                self.spec.name, batch_size=limit, limit=limit, filter=" and ".join(terms),
+                output_fields=self._fields(vectors),
+            )  # fmt: skip
+            try:
+                rows = pages.next()
+            finally:
+                pages.close()
+        return [(r["id"], _stored(r, vectors)) for r in rows]
+
+    @staticmethod
+    def _fields(vectors: bool) -> list[str]:
+        return ["payload", "code", "vector"] if vectors else ["payload", "code"]
 
     def count(self, where: Filter = MATCH_ALL) -> int:
         with self._call():
@@ -153,3 +194,8 @@ class MilvusCollection:
                     raise
                 self.closed = True
                 raise NotFound(f"collection {self.spec.name!r} was dropped (in Milvus)") from None
+
+
+def _stored(row: dict[str, Any], vectors: bool) -> Stored:
+    vector = np.asarray(row["vector"], np.float32) if vectors else None  # (d,)
+    return Stored(vector, json.dumps(row["payload"]), int(row["code"]))

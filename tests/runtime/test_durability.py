@@ -32,7 +32,7 @@ FP = "f" * 64
 def state(c: BuiltinCollection) -> dict[str, tuple[bytes, str]]:
     """id -> (vector bytes, payload) of every record."""
     got = c.get(list(c.where))
-    return {i: (v.tobytes(), p) for i, (v, p) in got.items()}
+    return {i: (r.vector.tobytes(), r.payload) for i, r in got.items()}
 
 
 # -- a write racing a drop ------------------------------------------------------------------------

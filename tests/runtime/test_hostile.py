@@ -53,7 +53,14 @@ def valid_requests(dim: int) -> dict[str, list[Any]]:
         "Upsert": [
             pb.UpsertRequest(collection="fuzz", records=[record, pb.Record(id="r2", content=vector_item(v))])
         ],
-        "Delete": [pb.DeleteRequest(collection="fuzz", ids=["r1", "nope"])],
+        "Delete": [
+            pb.DeleteRequest(collection="fuzz", ids=["r1", "nope"]),
+            pb.DeleteRequest(collection="fuzz", filter_json='{"k": {"$gt": 5}}'),
+        ],
+        "Get": [pb.GetRequest(collection="fuzz", ids=["r1", "r2", "nope"], with_vectors=True)],
+        "ListRecords": [
+            pb.ListRecordsRequest(collection="fuzz", limit=2, cursor="r1", filter_json='{"k": 1}')
+        ],
         "Search": [
             pb.SearchRequest(collection="fuzz", query=items[0], top_k=3, nprobe=2),
             pb.SearchRequest(

@@ -256,3 +256,63 @@ def test_filtered_search_and_count_agree_on_grpc_http_and_the_cli(server: Server
         )
         assert found and all(r["payload"]["category"] == "bags" for r in found)
         client.drop_collection("filtered")
+
+
+def test_get_list_and_delete_by_filter_agree_on_grpc_http_and_the_cli(server: Server) -> None:
+    """Records by id (missing ones listed), the paged listing and delete by filter: the same
+    answers on both transports and the CLI, against what the test wrote."""
+    from tests.runtime.test_cli import cli, rows
+
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(30, 16)).astype(np.float32)  # (N, d)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    payloads = [{"kind": "odd" if i % 2 else "even", "i": i} for i in range(30)]
+    ids = [f"p{i:02d}" for i in range(30)]
+    with server.client() as client, httpx.Client(base_url=server.http, timeout=30) as http:
+        fp = client.info().fingerprint
+        client.create_collection("records")
+        client.upsert("records", list(zip(ids, vectors, payloads, strict=True)), fingerprint=fp)
+        got, missing = client.get("records", ["p03", "zz", "p10"], with_vectors=True)
+        assert missing == ["zz"] and got["p03"].payload == payloads[3]
+        assert got["p10"].vector is not None and np.allclose(got["p10"].vector, vectors[10], atol=1e-6)
+        body = {"ids": ["p03", "zz"], "with_vectors": True}
+        reply = http.post("/v1/collections/records/get", json=body).json()
+        assert reply["missing"] == ["zz"] and reply["records"][0]["payload"] == payloads[3]
+        assert np.allclose(reply["records"][0]["vector"], vectors[3], atol=1e-6)
+        assert reply["records"][0]["code"] == got["p03"].code
+
+        assert [i for i, _ in client.records("records", page_size=7)] == ids
+        odd = [i for i, p in zip(ids, payloads, strict=True) if p["kind"] == "odd"]
+        assert [i for i, _ in client.records("records", {"kind": "odd"}, page_size=4)] == odd
+        page = http.post("/v1/collections/records/list", json={"limit": 4, "filter": {"kind": "odd"}}).json()
+        assert [r["id"] for r in page["records"]] == odd[:4] and page["next_cursor"] == odd[3]
+        more = {"limit": 4, "filter": {"kind": "odd"}, "cursor": page["next_cursor"]}
+        assert [
+            r["id"] for r in http.post("/v1/collections/records/list", json=more).json()["records"]
+        ] == odd[4:8]
+        listed = rows(
+            cli(server, "list", "--collection", "records", "--limit", "3", "--cursor", "p26", "--json")
+        )
+        assert [r.get("id") for r in listed] == ["p27", "p28", "p29", None] and listed[-1] == {
+            "next_cursor": "p29"
+        }
+        shown = rows(cli(server, "get", "--collection", "records", "p01", "nope", "--json"))
+        assert shown[0]["payload"] == payloads[1] and shown[1] == {"id": "nope", "missing": True}
+
+        everything = http.post("/v1/collections/records/delete", json={"filter": {}})
+        assert (
+            everything.status_code == 400 and "drop the collection" in everything.json()["error"]["message"]
+        )
+        both = http.post("/v1/collections/records/delete", json={"ids": ["p01"], "filter": {"i": 1}})
+        assert both.status_code == 400 and "not both" in both.json()["error"]["message"]
+        assert http.post("/v1/collections/records/delete", json={"filter": {"i": {"$lt": 4}}}).json() == {
+            "deleted": 4
+        }
+        assert client.delete("records", where={"kind": "odd"}) == len(odd) - 2
+        deleted = rows(
+            cli(server, "delete", "--collection", "records", "--filter", '{"i": {"$gte": 20}}', "--json")
+        )
+        assert deleted == [{"deleted": 5, "filter": {"i": {"$gte": 20}}}]
+        left = [f"p{i:02d}" for i in range(4, 20, 2)]
+        assert [i for i, _ in client.records("records")] == left and client.count("records") == len(left)
+        client.drop_collection("records")

@@ -150,6 +150,8 @@ GRPC_CALLS: dict[str, tuple[str, Callable[[Any], object]]] = {  # method -> (sco
         ),
     ),
     "Count": ("read", lambda s: s.Count(pb.CountRequest(collection="keyed"), timeout=10)),
+    "Get": ("read", lambda s: s.Get(pb.GetRequest(collection="keyed", ids=["r"]), timeout=10)),
+    "ListRecords": ("read", lambda s: s.ListRecords(pb.ListRecordsRequest(collection="keyed"), timeout=10)),
     "Upsert": (
         "write",
         lambda s: s.Upsert(
@@ -175,6 +177,8 @@ HTTP_CALLS: dict[str, tuple[str, str, str, Any]] = {  # route -> (scope, verb, p
     "list": ("read", "GET", "/v1/collections", None),
     "search": ("read", "POST", "/v1/collections/keyed/search", {"query": {"text": "x"}}),
     "count": ("read", "POST", "/v1/collections/keyed/count", {}),
+    "get": ("read", "POST", "/v1/collections/keyed/get", {"ids": ["h"]}),
+    "list_records": ("read", "POST", "/v1/collections/keyed/list", {}),
     "upsert": (
         "write",
         "POST",

@@ -241,12 +241,14 @@ class UpsertResponse(_message.Message):
     def __init__(self, fingerprint: _Optional[str] = ..., upserted: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
-    __slots__ = ("collection", "ids")
+    __slots__ = ("collection", "ids", "filter_json")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
     collection: str
     ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    filter_json: str
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., filter_json: _Optional[str] = ...) -> None: ...
 
 class DeleteResponse(_message.Message):
     __slots__ = ("deleted", "fingerprint", "timings")
@@ -287,6 +289,62 @@ class CountResponse(_message.Message):
     count: int
     fingerprint: str
     def __init__(self, count: _Optional[int] = ..., fingerprint: _Optional[str] = ...) -> None: ...
+
+class GetRequest(_message.Message):
+    __slots__ = ("collection", "ids", "with_vectors")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    with_vectors: bool
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+
+class StoredRecord(_message.Message):
+    __slots__ = ("id", "payload_json", "code", "vector")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    payload_json: str
+    code: int
+    vector: bytes
+    def __init__(self, id: _Optional[str] = ..., payload_json: _Optional[str] = ..., code: _Optional[int] = ..., vector: _Optional[bytes] = ...) -> None: ...
+
+class GetResponse(_message.Message):
+    __slots__ = ("fingerprint", "records", "missing")
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    fingerprint: str
+    records: _containers.RepeatedCompositeFieldContainer[StoredRecord]
+    missing: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, fingerprint: _Optional[str] = ..., records: _Optional[_Iterable[_Union[StoredRecord, _Mapping]]] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListRecordsRequest(_message.Message):
+    __slots__ = ("collection", "limit", "cursor", "filter_json", "with_vectors")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    limit: int
+    cursor: str
+    filter_json: str
+    with_vectors: bool
+    def __init__(self, collection: _Optional[str] = ..., limit: _Optional[int] = ..., cursor: _Optional[str] = ..., filter_json: _Optional[str] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+
+class ListRecordsResponse(_message.Message):
+    __slots__ = ("fingerprint", "records", "next_cursor")
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    fingerprint: str
+    records: _containers.RepeatedCompositeFieldContainer[StoredRecord]
+    next_cursor: str
+    def __init__(self, fingerprint: _Optional[str] = ..., records: _Optional[_Iterable[_Union[StoredRecord, _Mapping]]] = ..., next_cursor: _Optional[str] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "score", "payload_json", "code")

@@ -74,6 +74,16 @@ class TesseraStub:
                 request_serializer=tessera_dot_v1_dot_tessera__pb2.CountRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_tessera__pb2.CountResponse.FromString,
                 _registered_method=True)
+        self.Get = channel.unary_unary(
+                '/tessera.v1.Tessera/Get',
+                request_serializer=tessera_dot_v1_dot_tessera__pb2.GetRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_tessera__pb2.GetResponse.FromString,
+                _registered_method=True)
+        self.ListRecords = channel.unary_unary(
+                '/tessera.v1.Tessera/ListRecords',
+                request_serializer=tessera_dot_v1_dot_tessera__pb2.ListRecordsRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_tessera__pb2.ListRecordsResponse.FromString,
+                _registered_method=True)
         self.CreateCollection = channel.unary_unary(
                 '/tessera.v1.Tessera/CreateCollection',
                 request_serializer=tessera_dot_v1_dot_tessera__pb2.CreateCollectionRequest.SerializeToString,
@@ -149,6 +159,21 @@ class TesseraServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Get(self, request, context):
+        """Records by id: payload, top code and optionally the vector; ids not there are listed, not an error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRecords(self, request, context):
+        """Records in id order, a page at a time, optionally filtered; the cursor is the last id of the
+        page before, so a record present for the whole listing is in exactly one page.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateCollection(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -209,6 +234,16 @@ def add_TesseraServicer_to_server(servicer, server):
                     servicer.Count,
                     request_deserializer=tessera_dot_v1_dot_tessera__pb2.CountRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_tessera__pb2.CountResponse.SerializeToString,
+            ),
+            'Get': grpc.unary_unary_rpc_method_handler(
+                    servicer.Get,
+                    request_deserializer=tessera_dot_v1_dot_tessera__pb2.GetRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_tessera__pb2.GetResponse.SerializeToString,
+            ),
+            'ListRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRecords,
+                    request_deserializer=tessera_dot_v1_dot_tessera__pb2.ListRecordsRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_tessera__pb2.ListRecordsResponse.SerializeToString,
             ),
             'CreateCollection': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateCollection,
@@ -442,6 +477,60 @@ class Tessera:
             '/tessera.v1.Tessera/Count',
             tessera_dot_v1_dot_tessera__pb2.CountRequest.SerializeToString,
             tessera_dot_v1_dot_tessera__pb2.CountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Get(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Tessera/Get',
+            tessera_dot_v1_dot_tessera__pb2.GetRequest.SerializeToString,
+            tessera_dot_v1_dot_tessera__pb2.GetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Tessera/ListRecords',
+            tessera_dot_v1_dot_tessera__pb2.ListRecordsRequest.SerializeToString,
+            tessera_dot_v1_dot_tessera__pb2.ListRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,
