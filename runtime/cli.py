@@ -102,10 +102,16 @@ def parser() -> argparse.ArgumentParser:
     ld.add_argument("--backend", default="builtin", help="for a new collection: builtin | milvus")
     se = command("search", "search a collection by text, image or vector")
     se.add_argument("--collection", required=True, help="the collection to search")
-    se.add_argument("--text", help="a text query")
-    se.add_argument("--image", type=Path, help="an image file as the query")
-    se.add_argument("--vector", type=Path, help="a .npy holding one vector (or --row of many) as the query")
+    parts = {"dest": "parts", "action": QueryPartAction, "default": []}
+    se.add_argument("--text", **parts, help="a text as the query, or one part of it (repeatable)")
+    se.add_argument("--image", **parts, help="an image file as the query or a part (repeatable)")
+    se.add_argument("--vector", **parts, help="a .npy holding one vector (or --row of many) (repeatable)")
+    se.add_argument("--like", **parts, help="a record id: its stored vector as a part (more like this)")
+    se.add_argument(
+        "--weight", **parts, help="the weight of the part before it (default 1; negative pushes away)"
+    )
     se.add_argument("--row", type=int, default=0, help="which row of --vector (default 0)")
+    se.add_argument("--offset", type=int, default=0, help="skip this many best hits (the next page)")
     se.add_argument("--top-k", type=int, default=5, help="hits (default 5)")
     se.add_argument("--nprobe", type=int, default=0, help="lists to search (0 = exact, the default)")
     se.add_argument(
@@ -282,18 +288,42 @@ def load(client: TesseraClient, args: argparse.Namespace, out: Out) -> int:
     return 0
 
 
+class QueryPartAction(argparse.Action):
+    """--text/--image/--vector/--like append a part in command-line order; --weight sets the
+    weight of the part before it."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, value: Any, flag: Any = None) -> None:
+        parts = [*getattr(namespace, self.dest, [])]
+        if self.option_strings[0] == "--weight":
+            if not parts:
+                raise argparse.ArgumentError(self, "--weight follows the part it weighs")
+            try:
+                parts[-1] = (*parts[-1][:2], float(value))
+            except ValueError:
+                raise argparse.ArgumentError(self, f"{value!r} is not a number") from None
+        else:
+            parts.append((self.option_strings[0].removeprefix("--"), value, 1.0))
+        setattr(namespace, self.dest, parts)
+
+
 def search(client: TesseraClient, args: argparse.Namespace, out: Out) -> int:
-    given = [q for q in (args.text, args.image, args.vector) if q is not None]
-    if len(given) != 1:
-        raise CliError("search needs exactly one of --text, --image or --vector")
-    if args.text is not None:
-        item = pb.Item(text=args.text)
-    elif args.image is not None:
-        item = image_item(args.image)
-    else:
-        item = vector_item(np.atleast_2d(np.load(args.vector))[args.row])
-    request = pb.SearchRequest(collection=args.collection, query=item, top_k=args.top_k, nprobe=args.nprobe,
-                               filter_json=args.filter)  # fmt: skip
+    if not args.parts:
+        raise CliError("search needs a query: --text, --image, --vector or --like (repeat them to compose)")
+    request = pb.SearchRequest(collection=args.collection, top_k=args.top_k, nprobe=args.nprobe,
+                               filter_json=args.filter, offset=args.offset)  # fmt: skip
+    for kind, value, weight in args.parts:
+        if kind == "like":
+            request.parts.add(record_id=value, weight=weight)
+            continue
+        if kind == "text":
+            item = pb.Item(text=value)
+        elif kind == "image":
+            item = image_item(Path(value))
+        else:
+            item = vector_item(np.atleast_2d(np.load(value))[args.row])
+        request.parts.add(item=item, weight=weight)
+    if len(request.parts) == 1 and request.parts[0].HasField("item") and request.parts[0].weight == 1.0:
+        request.query.CopyFrom(request.parts.pop().item)  # a plain query: what older servers take
     reply = client.stub.Search(request, timeout=client.timeout_s)
     for rank, h in enumerate(reply.hits, start=1):
         payload = json.loads(h.payload_json or "null")

@@ -47,6 +47,25 @@ class EmbedReply:
 
 
 @dataclass(frozen=True)
+class Like:
+    """A stored record as a query part: its vector ("more like this")."""
+
+    record_id: str
+
+
+Composed = Sequence[tuple[Query | Like, float]]  # (part, weight): the weighted sum of the parts' unit vectors
+
+
+def query_parts(parts: Composed, fingerprint: str = "") -> list[pb.QueryPart]:
+    return [
+        pb.QueryPart(record_id=p.record_id, weight=w)
+        if isinstance(p, Like)
+        else pb.QueryPart(item=query_item(p, fingerprint), weight=w)
+        for p, w in parts
+    ]
+
+
+@dataclass(frozen=True)
 class StoredRecord:
     payload: Any  # the parsed JSON payload
     code: int  # its top code
@@ -56,6 +75,22 @@ class StoredRecord:
 def stored_record(r: pb.StoredRecord) -> StoredRecord:
     vector = np.frombuffer(r.vector, dtype="<f4").copy() if r.vector else None  # (d,)
     return StoredRecord(json.loads(r.payload_json or "null"), r.code, vector)
+
+
+def search_request(
+    query: Query | Like | Composed, top_k: int = 10, nprobe: int = 0, fingerprint: str = "",
+    where: dict | None = None, offset: int = 0,
+) -> pb.SearchRequest:  # fmt: skip
+    request = pb.SearchRequest(
+        top_k=top_k, nprobe=nprobe, filter_json=json.dumps(where) if where else "", offset=offset
+    )
+    if isinstance(query, Like):
+        request.parts.extend(query_parts([(query, 1.0)]))
+    elif isinstance(query, list | tuple):
+        request.parts.extend(query_parts(query, fingerprint))
+    else:
+        request.query.CopyFrom(query_item(query, fingerprint))
+    return request
 
 
 def image_item(image: ImageLike) -> pb.Item:
@@ -351,17 +386,33 @@ class TesseraClient:
             cursor = reply.next_cursor
 
     def search(
-        self, collection: str, query: Query, top_k: int = 10, nprobe: int = 0, fingerprint: str = "",
-        where: dict | None = None,
+        self, collection: str, query: Query | Like | Composed, top_k: int = 10, nprobe: int = 0,
+        fingerprint: str = "", where: dict | None = None, offset: int = 0,
     ) -> list[tuple[str, float, dict]]:  # fmt: skip
         """(id, cosine, payload) best first; nprobe = 0: exact, else its nprobe best lists (and more
-        where a filter needs them); `where`: a payload filter (runtime/index/filters.py)."""
-        request = pb.SearchRequest(
-            collection=collection, query=query_item(query, fingerprint), top_k=top_k, nprobe=nprobe,
-            filter_json=json.dumps(where) if where else "",
-        )  # fmt: skip
+        where a filter needs them); `where`: a payload filter (runtime/index/filters.py). `query`
+        is a text, image or vector, Like(record id), or a list of (any of those, weight)."""
+        request = search_request(query, top_k, nprobe, fingerprint, where, offset)
+        request.collection = collection
         reply = self.stub.Search(request, timeout=self.timeout_s)
         return [(h.id, h.score, json.loads(h.payload_json)) for h in reply.hits]
+
+    def search_many(
+        self, collection: str, queries: Sequence[dict[str, Any]], fingerprint: str = ""
+    ) -> list[list[tuple[str, float, dict]]]:
+        """Many queries in one call, each a dict of search's arguments (query, top_k, nprobe, where,
+        offset); their answers in order."""
+        batch = [search_request(fingerprint=fingerprint, **q) for q in queries]
+        request = pb.SearchRequest(collection=collection)
+        for r in batch:  # the same fields, one query of the batch each
+            one = request.queries.add(
+                top_k=r.top_k, nprobe=r.nprobe, filter_json=r.filter_json, offset=r.offset
+            )
+            one.parts.extend(r.parts)
+            if r.HasField("query"):
+                one.query.CopyFrom(r.query)
+        reply = self.stub.Search(request, timeout=self.timeout_s)
+        return [[(h.id, h.score, json.loads(h.payload_json)) for h in r.hits] for r in reply.results]
 
 
 if __name__ == "__main__":  # the command line lives in runtime/cli.py

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict
 
 import grpc
@@ -19,8 +19,8 @@ import numpy as np
 
 from runtime.admission import MB, Budget, Reservation, receive_cost
 from runtime.embedder import Content
-from runtime.errors import TesseraError, shown
-from runtime.index.base import Stored
+from runtime.errors import InvalidInput, TesseraError, shown
+from runtime.index.base import Hit, Stored
 from runtime.metrics import Metrics
 from runtime.proto.tessera.v1 import tessera_pb2 as pb
 from runtime.proto.tessera.v1 import tessera_pb2_grpc as pb_grpc
@@ -41,8 +41,10 @@ from runtime.service import (
     Embedded,
     EngineSummary,
     PackedVectors,
+    Part,
     Query,
     Record,
+    SearchQuery,
     Service,
     Timings,
     Vector,
@@ -177,8 +179,13 @@ class Servicer(pb_grpc.TesseraServicer):
     async def Lookup(self, request: pb.LookupRequest, context: grpc.aio.ServicerContext) -> pb.LookupResponse:
         items = [query_of(i, item) for i, item in enumerate(request.items)]
         code_ids = list(request.code_ids)
-        async with self.service.admit(len(items) + len(code_ids), wire_size(request), items):
-            out = await self.service.lookup(items, request.top_k, code_ids, deadline_of(context))
+        composed = [parts_of(q.parts) for q in request.composed]
+        contents = [*items, *(p.content for parts in composed for p in parts if p.content is not None)]
+        n = len(items) + len(code_ids) + sum(len(parts) for parts in composed)
+        async with self.service.admit(n, wire_size(request), contents):
+            out = await self.service.lookup(
+                items, request.top_k, code_ids, deadline_of(context), composed, request.collection
+            )
         response = pb.LookupResponse(fingerprint=self.fingerprint, timings=timings(out.timings))
         response.results.extend(pb.CodeList(codes=codes(c)) for c in out.codes)
         response.code_vectors.extend(v.astype("<f4").tobytes() for v in out.code_vectors)
@@ -244,17 +251,21 @@ class Servicer(pb_grpc.TesseraServicer):
 
     @rpc
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
-        query = query_of(0, request.query, "query") if request.HasField("query") else None
-        queries = [query] if query is not None else []
-        async with self.service.admit(len(queries), wire_size(request), queries):
-            found = await self.service.search(
-                request.collection, query, request.top_k, request.nprobe, deadline_of(context),
-                request.filter_json,
-            )  # fmt: skip
-        hits = [pb.Hit(id=h.id, score=h.score, payload_json=h.payload, code=h.code) for h in found.hits]
-        return pb.SearchResponse(
-            fingerprint=self.fingerprint, timings=timings(found.timings), scored=found.scored, hits=hits
-        )
+        batch = bool(request.queries)
+        if batch and (request.HasField("query") or request.parts):
+            raise InvalidInput("set `queries`, or `query`/`parts` for one query, not both")
+        queries = [search_query(q) for q in request.queries] if batch else [search_query(request)]
+        parts = [p for q in queries for p in q.parts]
+        contents = [p.content for p in parts if p.content is not None]
+        async with self.service.admit(len(parts), wire_size(request), contents):
+            found = await self.service.search_many(request.collection, queries, deadline_of(context))
+        response = pb.SearchResponse(fingerprint=self.fingerprint, timings=timings(found[0].timings))
+        if batch:
+            response.results.extend(pb.SearchResult(hits=hits_of(f.hits), scored=f.scored) for f in found)
+        else:
+            response.hits.extend(hits_of(found[0].hits))
+            response.scored = found[0].scored
+        return response
 
     @rpc
     async def Count(self, request: pb.CountRequest, context: grpc.aio.ServicerContext) -> pb.CountResponse:
@@ -303,6 +314,30 @@ def query_of(index: int, item: pb.Item, what: str = "item") -> Query:
             np.frombuffer(data, dtype="<f4", count=len(data) // 4), item.vector.fingerprint, len(data)
         )
     return content_of(index, item, what)
+
+
+def search_query(q: pb.SearchRequest | pb.SearchQuery) -> SearchQuery:
+    """A request's query, or one of its batch: `query` is a composed query of one part."""
+    if q.HasField("query") and q.parts:
+        raise InvalidInput("set `query` or `parts`, not both")
+    parts = [Part(query_of(0, q.query, "query"))] if q.HasField("query") else parts_of(q.parts)
+    if not parts:
+        raise InvalidInput("the request has no items")
+    return SearchQuery(parts, q.top_k, q.nprobe, q.filter_json, q.offset)
+
+
+def parts_of(parts: Sequence[pb.QueryPart]) -> list[Part]:
+    out = []
+    for i, p in enumerate(parts):
+        weight = p.weight if p.HasField("weight") else 1.0
+        kind = p.WhichOneof("part")
+        content = query_of(i, p.item, "query part") if kind == "item" else None
+        out.append(Part(content, p.record_id if kind == "record_id" else "", weight))
+    return out
+
+
+def hits_of(hits: list[Hit]) -> list[pb.Hit]:
+    return [pb.Hit(id=h.id, score=h.score, payload_json=h.payload, code=h.code) for h in hits]
 
 
 def stored(record_id: str, r: Stored) -> pb.StoredRecord:

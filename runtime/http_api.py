@@ -52,11 +52,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from runtime.admission import receive_cost
 from runtime.embedder import Content, EncodedImage, Pixels, Text
 from runtime.errors import DiskFull, InvalidInput, Overloaded, StartError, TesseraError, code_of
-from runtime.index.base import Stored
+from runtime.index.base import Hit, Stored
 from runtime.keys import SCOPE_OF, KeyFile, bearer, client_of_key
 from runtime.metrics import Metrics
 from runtime.rpc import status_message
-from runtime.service import Codes, Query, Record, Service, Vector, received
+from runtime.service import Codes, Part, Query, Record, SearchQuery, Service, Vector, received
 from runtime.tls import Tls
 from runtime.web import add_page
 
@@ -93,6 +93,13 @@ class Item(Strict):
     fingerprint: str = Field("", description="the model that made the vector ('' = trust it)")
 
 
+class QueryPart(Item):
+    """An item, or a stored record by id ("more like this"), with its weight."""
+
+    record_id: str | None = Field(None, description="a record of the collection: its stored vector")
+    weight: float = Field(1.0, description="negative pushes away")
+
+
 class EmbeddingsRequest(BaseModel):
     input: str | list[str] = Field(description="texts, or images as data:image/...;base64, URLs")
     model: str | None = None
@@ -111,6 +118,8 @@ class LookupRequest(Strict):
     items: list[Item] = []
     top_k: int = 1
     code_ids: list[int] = []
+    composed: list[list[QueryPart]] = Field([], description="composed queries: their codes follow the items'")
+    collection: str = Field("", description="where the composed queries' record ids are read from")
     encoding_format: Literal["float", "base64"] = "float"
 
 
@@ -148,12 +157,20 @@ class ListRequest(Strict):
     encoding_format: Literal["float", "base64"] = "float"
 
 
-class SearchRequest(Strict):
+class SearchQueryIn(Strict):
     query: Item | None = None
+    parts: list[QueryPart] | None = Field(None, description="instead of query: a weighted composed query")
     top_k: int = 10
     nprobe: int = 0
     filter: dict[str, Any] | None = Field(
         None, description='which records may answer, e.g. {"price": {"$lt": 100}}'
+    )
+    offset: int = Field(0, description="skip this many best hits (offset + top_k at most 1000)")
+
+
+class SearchRequest(SearchQueryIn):
+    queries: list[SearchQueryIn] | None = Field(
+        None, description="instead of one query: many, answered in `results` in order"
     )
 
 
@@ -203,6 +220,30 @@ def content_of(index: int, item: Item, what: str = "item") -> Query:
         usable = len(data) - len(data) % 4
         return Vector(np.frombuffer(data[:usable], dtype="<f4"), item.fingerprint, len(data))
     return Vector(np.asarray(item.vector, dtype=np.float32), item.fingerprint)
+
+
+def parts_of(parts: list[QueryPart]) -> list[Part]:
+    out = []
+    for i, p in enumerate(parts):
+        has_item = any(getattr(p, k) is not None for k in ("text", "image", "pixels", "vector"))
+        content = content_of(i, p, "query part") if has_item or p.record_id is None else None
+        out.append(Part(content, p.record_id or "", p.weight))
+    return out
+
+
+def search_query(q: SearchQueryIn) -> SearchQuery:
+    if q.query is not None and q.parts:
+        raise InvalidInput("set `query` or `parts`, not both")
+    parts = [Part(content_of(0, q.query, "query"))] if q.query is not None else parts_of(q.parts or [])
+    if not parts:
+        raise InvalidInput("the request has no items")
+    return SearchQuery(parts, q.top_k, q.nprobe, q.filter, q.offset)
+
+
+def hits_json(hits: list[Hit]) -> list[dict[str, Any]]:
+    return [
+        {"id": h.id, "score": h.score, "code": h.code, "payload": orjson.Fragment(h.payload)} for h in hits
+    ]
 
 
 def input_of(index: int, text: str) -> Content:
@@ -428,8 +469,13 @@ def build_app(service: Service, metrics: Metrics, keys: KeyFile | None = None) -
     async def lookup(body: LookupRequest, request: Request) -> Response:
         with counted("Lookup"):
             items = [content_of(i, it) for i, it in enumerate(body.items)]
-            async with service.admit(len(items) + len(body.code_ids), size(request), items):
-                out = await service.lookup(items, body.top_k, body.code_ids, deadline_of(request))
+            composed = [parts_of(q) for q in body.composed]
+            contents = [*items, *(p.content for parts in composed for p in parts if p.content is not None)]
+            n = len(items) + len(body.code_ids) + sum(len(parts) for parts in composed)
+            async with service.admit(n, size(request), contents):
+                out = await service.lookup(
+                    items, body.top_k, body.code_ids, deadline_of(request), composed, body.collection
+                )
             vectors = [vector_json(v, body.encoding_format) for v in out.code_vectors]
             return Orjson({"results": [codes_json(c) for c in out.codes], "code_vectors": vectors,
                            "fingerprint": service.embedder.fingerprint})  # fmt: skip
@@ -504,17 +550,21 @@ def build_app(service: Service, metrics: Metrics, keys: KeyFile | None = None) -
     @app.post("/v1/collections/{name}/search")
     async def search(name: str, body: SearchRequest, request: Request) -> Response:
         with counted("Search"):
-            query = content_of(0, body.query, "query") if body.query is not None else None
-            queries = [query] if query is not None else []
-            async with service.admit(len(queries), size(request), queries):
-                found = await service.search(
-                    name, query, body.top_k, body.nprobe, deadline_of(request), body.filter
-                )
-            hits = [
-                {"id": h.id, "score": h.score, "code": h.code, "payload": orjson.Fragment(h.payload)}
-                for h in found.hits
-            ]
-            return Orjson({"hits": hits, "scored": found.scored, "fingerprint": service.embedder.fingerprint})
+            batch = body.queries is not None
+            if batch and (body.query is not None or body.parts):
+                raise InvalidInput("set `queries`, or `query`/`parts` for one query, not both")
+            queries = [search_query(q) for q in body.queries or []] if batch else [search_query(body)]
+            parts = [p for q in queries for p in q.parts]
+            contents = [p.content for p in parts if p.content is not None]
+            async with service.admit(len(parts), size(request), contents):
+                found = await service.search_many(name, queries, deadline_of(request))
+            fingerprint = service.embedder.fingerprint
+            if batch:
+                results = [{"hits": hits_json(f.hits), "scored": f.scored} for f in found]
+                return Orjson({"results": results, "fingerprint": fingerprint})
+            return Orjson(
+                {"hits": hits_json(found[0].hits), "scored": found[0].scored, "fingerprint": fingerprint}
+            )
 
     @app.post("/v1/collections/{name}/count")
     async def count(name: str, body: CountRequest, request: Request) -> Response:

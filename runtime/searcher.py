@@ -2,6 +2,7 @@
 
     searcher = Searcher(threads=2)
     hits, scored = await searcher.search(collection, query, top_k, nprobe, code_scores, where)
+    results = await searcher.search_many(collection, [(query, top_k, nprobe, code_scores, where), ...])
     searcher.close()
 
 At most `threads` scans run at once, each on one thread (runtime/index/scan.py has the policy). A
@@ -54,6 +55,19 @@ class Searcher:
         )
         self._dispatch()
         return await answer
+
+    async def search_many(
+        self, collection: Collection, queries: list[tuple[np.ndarray, int, int, np.ndarray, Filter]]
+    ) -> Results:
+        """Queries (query, top_k, nprobe, code_scores, where) of one request: queued together, so
+        one thread takes them in one call (up to MAX_BATCH at a time)."""
+        loop = asyncio.get_running_loop()
+        waiting = [
+            _Waiting(q, k, nprobe, s, where, loop.create_future()) for q, k, nprobe, s, where in queries
+        ]
+        self.waiting.setdefault(id(collection), (collection, []))[1].extend(waiting)
+        self._dispatch()
+        return list(await asyncio.gather(*(w.answer for w in waiting)))
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

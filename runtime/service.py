@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextvars import ContextVar
@@ -28,9 +29,18 @@ from runtime.admission import MB, Budget, HeavyReads, Reservation, image_size, r
 from runtime.config import ServeConfig
 from runtime.cpu import CpuIsa, cpu_isa
 from runtime.embedder import Content, Embedder, EncodedImage, Pixels, top_codes
-from runtime.errors import InvalidInput, Unavailable
+from runtime.errors import InvalidInput, NotFound, Unavailable, shown
 from runtime.index import filters
-from runtime.index.base import MAX_ID_BYTES, Hit, Stored, check_id, check_payload, check_top_k
+from runtime.index.base import (
+    MAX_ID_BYTES,
+    MAX_TOP_K,
+    Collection,
+    Hit,
+    Stored,
+    check_id,
+    check_payload,
+    check_top_k,
+)
 from runtime.index.registry import Collections
 from runtime.metrics import Metrics
 from runtime.searcher import Searcher
@@ -40,6 +50,7 @@ received: ContextVar[Reservation | None] = ContextVar("received", default=None) 
 Codes = list[tuple[int, float]]  # (code id, cosine), best first
 MAX_NPROBE = 1 << 16  # lists a routed search may scan (a collection scans at most all it has)
 MAX_PAGE = 1000  # records per page of a listing
+ZERO_SUM = 1e-6  # a composed query whose weighted sum is shorter than this has no direction
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,27 @@ class Record:
     id: str
     content: Query | None
     payload_json: str = ""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One weighted part of a composed query: content or a vector, or a stored record's vector
+    ("more like this"; record_id set, content None). A negative weight pushes away."""
+
+    content: Query | None
+    record_id: str = ""
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """One query of a Search call: the weighted sum of its parts' unit embeddings, normalised."""
+
+    parts: Sequence[Part]
+    top_k: int = 10
+    nprobe: int = 0
+    where: Any = None  # a filter as JSON text or a parsed object; "" or None = none
+    offset: int = 0  # skip this many best hits (the next page: top_k after offset)
 
 
 @dataclass(frozen=True)
@@ -213,8 +245,11 @@ class Service:
         return Embedded(out.embeddings, codes, timings, out.tokens)
 
     async def lookup(
-        self, items: Sequence[Query], top_k: int, code_ids: Sequence[int], deadline_s: float | None
-    ) -> Looked:
+        self, items: Sequence[Query], top_k: int, code_ids: Sequence[int], deadline_s: float | None,
+        composed: Sequence[Sequence[Part]] = (), collection: str = "",
+    ) -> Looked:  # fmt: skip
+        """Top codes of items, then of composed queries (their record ids read from `collection`),
+        and code vectors by id."""
         t0 = time.perf_counter()
         k_codes = self.embedder.codebook.shape[0]
         k = top_k or 1
@@ -229,6 +264,12 @@ class Service:
             _, scores, timings = await self.vectors(items, deadline_s, "item")
             ids, top = top_codes(scores, k)
             codes = [_codes(i, s) for i, s in zip(ids, top, strict=True)]
+        if composed:
+            target = self._collections().get(collection) if collection else None
+            _, scores, more = await self.composed(composed, target, deadline_s)
+            ids, top = top_codes(scores, k)
+            codes += [_codes(i, s) for i, s in zip(ids, top, strict=True)]
+            timings = more if not items else timings
         vectors = self.embedder.codebook[list(code_ids)].astype(np.float32)  # (len(code_ids), d)
         timings.total_ms = 1e3 * (time.perf_counter() - t0)
         return Looked(codes, vectors, timings)
@@ -351,19 +392,91 @@ class Service:
         self, collection: str, query: Query | None, top_k: int, nprobe: int, deadline_s: float | None,
         where: Any = None,
     ) -> Found:  # fmt: skip
-        """`where`: a filter as JSON text (gRPC) or a parsed JSON object (HTTP); "" or None = none."""
-        t0 = time.perf_counter()
+        """One plain query; `where`: a filter as JSON text (gRPC) or a parsed JSON object (HTTP)."""
         if query is None:
             raise InvalidInput("the request has no items")
+        return (
+            await self.search_many(collection, [SearchQuery([Part(query)], top_k, nprobe, where)], deadline_s)
+        )[0]
+
+    async def search_many(
+        self, collection: str, queries: Sequence[SearchQuery], deadline_s: float | None
+    ) -> list[Found]:
+        """Queries of one call, each with its own parts, top_k, nprobe, filter and offset: their
+        content embedded in one batch, then searched together (an exact batch reads the vectors
+        once for all of them). Answers in order; the timings are the call's."""
+        t0 = time.perf_counter()
+        if not queries:
+            raise InvalidInput("the request has no queries")
         target = self._collections().get(collection)
-        flt = self.filter_of(where)
-        k = check_top_k(top_k)
-        if not 0 <= nprobe <= MAX_NPROBE:
-            raise InvalidInput(f"nprobe {nprobe} must be between 0 (exact search) and {MAX_NPROBE:,}")
-        vectors, scores, timings = await self.vectors([query], deadline_s, "query")
-        hits, scored = await self.searcher.search(target, vectors[0], k, nprobe, scores[0], flt)
+        plans = []
+        for i, q in enumerate(queries):
+            name = f"query {i}: " if len(queries) > 1 else ""
+            if not 0 <= q.nprobe <= MAX_NPROBE:
+                raise InvalidInput(
+                    f"{name}nprobe {q.nprobe} must be between 0 (exact search) and {MAX_NPROBE:,}"
+                )
+            if q.offset < 0 or q.offset + check_top_k(q.top_k) > MAX_TOP_K:
+                raise InvalidInput(f"{name}offset {q.offset} + top_k {q.top_k} must be at most {MAX_TOP_K}")
+            plans.append((q.offset + q.top_k, q.nprobe, self.filter_of(q.where)))
+        vectors, scores, timings = await self.composed([q.parts for q in queries], target, deadline_s)
+        answers = await self.searcher.search_many(
+            target,
+            [(v, k, nprobe, s, flt) for v, s, (k, nprobe, flt) in zip(vectors, scores, plans, strict=True)],
+        )
         timings.total_ms = 1e3 * (time.perf_counter() - t0)
-        return Found(hits, scored, timings)
+        return [
+            Found(hits[q.offset :], scored, timings)
+            for q, (hits, scored) in zip(queries, answers, strict=True)
+        ]
+
+    async def composed(
+        self, queries: Sequence[Sequence[Part]], target: Collection | None, deadline_s: float | None
+    ) -> tuple[np.ndarray, np.ndarray, Timings]:
+        """(unit vectors (Q, d), code scores (Q, K), timings) of composed queries: each the weighted
+        sum of its parts' unit vectors (content embedded in one batch with every other query's,
+        records read from `target`), normalised in float64. A single part of weight 1 is the
+        plain query; a sum that cancels out is refused."""
+        flat = [(qi, pi, p) for qi, parts in enumerate(queries) for pi, p in enumerate(parts)]
+        for qi, parts in enumerate(queries):
+            if not parts:
+                raise InvalidInput(f"query {qi}: no parts (give a text, image, vector or record id)")
+        for qi, pi, p in flat:
+            if (p.content is None) == (not p.record_id):
+                raise InvalidInput(f"query {qi} part {pi}: give content or a record id, one of them")
+            if not math.isfinite(p.weight):
+                raise InvalidInput(f"query {qi} part {pi}: weight {p.weight} is not a finite number")
+        given = [p.content for _, _, p in flat if p.content is not None]
+        vectors, scores, timings = await self.vectors(given, deadline_s, "query")
+        if all(
+            len(parts) == 1 and parts[0].weight == 1.0 and parts[0].content is not None for parts in queries
+        ):
+            return vectors, scores, timings  # plain queries: Embed's vectors as they are
+        named = [p.record_id for _, _, p in flat if p.record_id]
+        stored: dict[str, Any] = {}
+        if named:
+            if target is None:
+                raise InvalidInput("a record id in a query needs the collection it is read from")
+            stored = await asyncio.to_thread(target.get, list(dict.fromkeys(named)), True)
+        total = np.zeros((len(queries), self.embedder.embed_dim), dtype=np.float64)  # (Q, d)
+        row = 0
+        for qi, pi, p in flat:
+            if p.content is not None:
+                part, row = vectors[row], row + 1
+            elif p.record_id in stored:
+                part = stored[p.record_id].vector
+            else:
+                raise NotFound(
+                    f"query {qi} part {pi}: record {shown(p.record_id)} is not in {target.spec.name!r}"
+                )
+            total[qi] += p.weight * part.astype(np.float64)
+        norms = np.linalg.norm(total, axis=1)  # (Q,)
+        for qi in np.flatnonzero(norms < ZERO_SUM).tolist():
+            raise InvalidInput(
+                f"query {qi}: the weighted parts add up to (nearly) zero: no direction to search"
+            )
+        unit = (total / norms[:, None]).astype(np.float32)  # (Q, d)
+        return unit, self.embedder.vector_scores(unit), timings
 
     async def count(self, collection: str, where: Any = None) -> int:
         target = self._collections().get(collection)

@@ -89,14 +89,18 @@ class EmbedResponse(_message.Message):
     def __init__(self, fingerprint: _Optional[str] = ..., embed_dim: _Optional[int] = ..., embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
-    __slots__ = ("items", "top_k", "code_ids")
+    __slots__ = ("items", "top_k", "code_ids", "composed", "collection")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     CODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    COMPOSED_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[Item]
     top_k: int
     code_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., top_k: _Optional[int] = ..., code_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    composed: _containers.RepeatedCompositeFieldContainer[ComposedQuery]
+    collection: str
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., top_k: _Optional[int] = ..., code_ids: _Optional[_Iterable[int]] = ..., composed: _Optional[_Iterable[_Union[ComposedQuery, _Mapping]]] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class CodeList(_message.Message):
     __slots__ = ("codes",)
@@ -260,19 +264,65 @@ class DeleteResponse(_message.Message):
     timings: Timings
     def __init__(self, deleted: _Optional[int] = ..., fingerprint: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
 
+class QueryPart(_message.Message):
+    __slots__ = ("item", "record_id", "weight")
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    item: Item
+    record_id: str
+    weight: float
+    def __init__(self, item: _Optional[_Union[Item, _Mapping]] = ..., record_id: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class ComposedQuery(_message.Message):
+    __slots__ = ("parts",)
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    parts: _containers.RepeatedCompositeFieldContainer[QueryPart]
+    def __init__(self, parts: _Optional[_Iterable[_Union[QueryPart, _Mapping]]] = ...) -> None: ...
+
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "query", "top_k", "nprobe", "filter_json")
+    __slots__ = ("collection", "query", "top_k", "nprobe", "filter_json", "parts", "offset", "queries")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     NPROBE_FIELD_NUMBER: _ClassVar[int]
     FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query: Item
     top_k: int
     nprobe: int
     filter_json: str
-    def __init__(self, collection: _Optional[str] = ..., query: _Optional[_Union[Item, _Mapping]] = ..., top_k: _Optional[int] = ..., nprobe: _Optional[int] = ..., filter_json: _Optional[str] = ...) -> None: ...
+    parts: _containers.RepeatedCompositeFieldContainer[QueryPart]
+    offset: int
+    queries: _containers.RepeatedCompositeFieldContainer[SearchQuery]
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[_Union[Item, _Mapping]] = ..., top_k: _Optional[int] = ..., nprobe: _Optional[int] = ..., filter_json: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[QueryPart, _Mapping]]] = ..., offset: _Optional[int] = ..., queries: _Optional[_Iterable[_Union[SearchQuery, _Mapping]]] = ...) -> None: ...
+
+class SearchQuery(_message.Message):
+    __slots__ = ("query", "parts", "top_k", "nprobe", "filter_json", "offset")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    query: Item
+    parts: _containers.RepeatedCompositeFieldContainer[QueryPart]
+    top_k: int
+    nprobe: int
+    filter_json: str
+    offset: int
+    def __init__(self, query: _Optional[_Union[Item, _Mapping]] = ..., parts: _Optional[_Iterable[_Union[QueryPart, _Mapping]]] = ..., top_k: _Optional[int] = ..., nprobe: _Optional[int] = ..., filter_json: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class SearchResult(_message.Message):
+    __slots__ = ("hits", "scored")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    SCORED_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[Hit]
+    scored: int
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., scored: _Optional[int] = ...) -> None: ...
 
 class CountRequest(_message.Message):
     __slots__ = ("collection", "filter_json")
@@ -359,16 +409,18 @@ class Hit(_message.Message):
     def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., payload_json: _Optional[str] = ..., code: _Optional[int] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("fingerprint", "hits", "timings", "scored")
+    __slots__ = ("fingerprint", "hits", "timings", "scored", "results")
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     SCORED_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
     fingerprint: str
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     timings: Timings
     scored: int
-    def __init__(self, fingerprint: _Optional[str] = ..., hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., scored: _Optional[int] = ...) -> None: ...
+    results: _containers.RepeatedCompositeFieldContainer[SearchResult]
+    def __init__(self, fingerprint: _Optional[str] = ..., hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., scored: _Optional[int] = ..., results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("name", "backend")
