@@ -90,6 +90,9 @@ def parser() -> argparse.ArgumentParser:
                      help="list (the default), create or drop")  # fmt: skip
     col.add_argument("name", nargs="?", help="the collection to create or drop")
     col.add_argument("--backend", default="builtin", help="for create: builtin | milvus (default builtin)")
+    col.add_argument(
+        "--index", action="append", default=[], help="for create: a payload field to index (repeatable)"
+    )
     ix = command("index", "upsert a folder of images or a JSONL of items into a collection")
     ix.add_argument("source", type=Path, help="a folder (images, recursively) or a .jsonl of items")
     ix.add_argument("--collection", required=True, help="created (with --backend) if it does not exist")
@@ -235,8 +238,13 @@ def collections(client: TesseraClient, args: argparse.Namespace, out: Out) -> in
     if args.action != "list" and not args.name:
         raise CliError(f"collections {args.action} needs a NAME")
     if args.action == "create":
-        c = client.create_collection(args.name, args.backend)
-        record = {"created": c.name, "backend": c.backend, "dim": c.dim}
+        c = client.create_collection(args.name, args.backend, args.index)
+        record = {
+            "created": c.name,
+            "backend": c.backend,
+            "dim": c.dim,
+            "indexed_fields": list(c.indexed_fields),
+        }
         out(f"created {c.name} ({c.backend}, d={c.dim})", record)
     elif args.action == "drop":
         client.drop_collection(args.name)

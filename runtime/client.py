@@ -266,10 +266,11 @@ class TesseraClient:
 
     # -- collections ------------------------------------------------------------------------------
 
-    def create_collection(self, name: str, backend: str = "builtin") -> pb.CollectionInfo:
-        return self.stub.CreateCollection(
-            pb.CreateCollectionRequest(name=name, backend=backend), timeout=self.timeout_s
-        )
+    def create_collection(
+        self, name: str, backend: str = "builtin", indexed_fields: Sequence[str] = ()
+    ) -> pb.CollectionInfo:
+        request = pb.CreateCollectionRequest(name=name, backend=backend, indexed_fields=indexed_fields)
+        return self.stub.CreateCollection(request, timeout=self.timeout_s)
 
     def list_collections(self) -> list[pb.CollectionInfo]:
         return list(

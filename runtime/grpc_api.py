@@ -278,7 +278,10 @@ class Servicer(pb_grpc.TesseraServicer):
         self, request: pb.CreateCollectionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CollectionInfo:
         async with self.service.admit(1, wire_size(request)):
-            return collection_info(await self.service.create_collection(request.name, request.backend))
+            created = await self.service.create_collection(
+                request.name, request.backend, request.indexed_fields
+            )
+            return collection_info(created)
 
     @rpc
     async def ListCollections(

@@ -126,6 +126,7 @@ class LookupRequest(Strict):
 class CreateCollection(Strict):
     name: str
     backend: str = "builtin"
+    indexed_fields: list[str] = Field([], description="payload paths to index for filters, e.g. category")
 
 
 class RecordIn(Strict):
@@ -498,7 +499,8 @@ def build_app(service: Service, metrics: Metrics, keys: KeyFile | None = None) -
     async def create_collection(body: CreateCollection, request: Request) -> Response:
         with counted("CreateCollection"):
             async with service.admit(1, size(request)):
-                return Orjson(vars(await service.create_collection(body.name, body.backend)), status_code=201)
+                created = await service.create_collection(body.name, body.backend, body.indexed_fields)
+                return Orjson(vars(created), status_code=201)
 
     @app.delete("/v1/collections/{name}")
     async def drop_collection(name: str, request: Request) -> Response:

@@ -152,6 +152,7 @@ class CollectionSummary:
     count: int
     dim: int
     fingerprint: str
+    indexed_fields: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -489,8 +490,10 @@ class Service:
             return filters.parse_json(where, size, depth)
         return filters.parse(where, size, depth)
 
-    async def create_collection(self, name: str, backend: str) -> CollectionSummary:
-        return summary(await asyncio.to_thread(self._collections().create, name, backend))
+    async def create_collection(
+        self, name: str, backend: str, indexed: Sequence[str] = ()
+    ) -> CollectionSummary:
+        return summary(await asyncio.to_thread(self._collections().create, name, backend, indexed))
 
     async def list_collections(self) -> list[CollectionSummary]:
         return await asyncio.to_thread(lambda: [summary(c) for c in self._collections().all()])
@@ -573,4 +576,4 @@ def image_size_of(item: EncodedImage | Pixels) -> tuple[int, int]:
 
 def summary(c: Any) -> CollectionSummary:
     s = c.spec
-    return CollectionSummary(s.name, s.backend, c.count(), s.dim, s.fingerprint)
+    return CollectionSummary(s.name, s.backend, c.count(), s.dim, s.fingerprint, list(s.indexed))

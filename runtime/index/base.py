@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import numpy as np
 
 from runtime.errors import InvalidInput, shown
-from runtime.index.filters import MATCH_ALL, Filter
+from runtime.index.filters import MATCH_ALL, Filter, check_path
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")  # whole names only (fullmatch); valid for Milvus too
 MAX_ID_BYTES = 512
@@ -27,6 +28,10 @@ class CollectionSpec:
     dim: int
     codebook_size: int
     fingerprint: str  # the model whose vectors it holds
+    indexed: tuple[str, ...] = ()  # payload field paths with postings (runtime/index/postings.py)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "indexed", tuple(self.indexed))  # a list, as read from JSON
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,15 @@ def check_name(name: str) -> str:
     if not NAME.fullmatch(name):
         raise InvalidInput(f"collection name {shown(name)} must be letters, digits and _ ({NAME.pattern})")
     return name
+
+
+MAX_INDEXED_FIELDS = 16
+
+
+def check_indexed(paths: Sequence[str]) -> tuple[str, ...]:
+    if len(paths) > MAX_INDEXED_FIELDS:
+        raise InvalidInput(f"{len(paths)} indexed fields is over {MAX_INDEXED_FIELDS}")
+    return tuple(dict.fromkeys(".".join(check_path(p, f"indexed field {shown(p)}")) for p in paths))
 
 
 def check_id(index: int, record_id: str) -> str:

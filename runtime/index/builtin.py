@@ -50,6 +50,7 @@ from runtime.errors import NotFound
 from runtime.index import scan, wal
 from runtime.index.base import CollectionSpec, Hit, Results, Stored, top_hits
 from runtime.index.filters import MATCH_ALL, Filter, matcher
+from runtime.index.postings import Postings
 from runtime.index.rwlock import ReadWriteLock
 from runtime.index.scan import scores_into, scores_many
 
@@ -59,6 +60,7 @@ CELL_ROWS = 256  # a list past twice this is split into lists of about this many
 GROWTH = 1.25  # a list's capacity grows by this factor: bounded slack, amortised copies
 KMEANS_ROUNDS = 8
 BLOCK_ROWS = 1 << 16  # a batch of exact queries is scored this many vectors at a time
+SUBSET_FACTOR = 4  # an exact scan of a filter's records beats the routed scan below this many times its reads
 
 
 class _List:
@@ -142,6 +144,7 @@ class BuiltinCollection:
         self.empty = np.ones(spec.codebook_size, dtype=bool)  # (L,) holds no record
         self.where: dict[str, tuple[int, int]] = {}  # id -> (list, row)
         self.ordered = SortedList()  # every id, in order: the listing's pages
+        self.postings = Postings(spec.indexed) if spec.indexed else None  # the declared payload fields
         self.closed = False
         self.cancel = threading.Event()  # a drop stops a snapshot being written
         self.snapshotting: threading.Thread | None = None
@@ -197,7 +200,7 @@ class BuiltinCollection:
         with self.lock.read():
             self._check_open()
             if not where.everything:
-                return [self._filtered(q, top_k, nprobe, matcher(where)) for q in queries]
+                return [self._filtered(q, top_k, nprobe, where) for q in queries]
             if nprobe == 0 and queries.shape[0] > 1:
                 return self._exact_batch(queries, top_k)
             out = []
@@ -237,6 +240,13 @@ class BuiltinCollection:
         match = matcher(where)
         with self.lock.read():
             self._check_open()
+            ids, exact = self.postings.candidates(where.root) if self.postings is not None else (None, False)
+            if ids is not None:
+                return (
+                    len(ids)
+                    if exact
+                    else sum(match(self.lists[li].payloads[r]) for li, r in map(self.where.get, ids))
+                )
             return sum(match(p) for lst in self.lists for p in lst.payloads)
 
     def list_sizes(self) -> np.ndarray:
@@ -303,23 +313,71 @@ class BuiltinCollection:
         hits = [self._hit(parts[p], row, score) for p, row, score in found]
         return hits, int(ends[-1])
 
-    def _filtered(
-        self, query: np.ndarray, top_k: int, nprobe: int, match: Callable[[str], bool]
-    ) -> tuple[list[Hit], int]:
-        """Top-k among the records that match: exact (nprobe 0) over every list, else over the lists
-        in routing order, past the nprobe best until as many matching records have been scored as
-        nprobe average lists hold (and top_k at least), so that a selective filter does not leave
-        the probed lists all but empty (post-filtering's failure). `scored` counts the matching
-        records compared; every record read is tested against the filter."""
+    def _filtered(self, query: np.ndarray, top_k: int, nprobe: int, where: Filter) -> tuple[list[Hit], int]:
+        """Top-k among the records that match `where`, by the plan the postings allow: the records
+        the declared fields narrow it to, scanned exactly, where that is exact search or fewer
+        than SUBSET_FACTOR times what a routed search compares; else the routed scan with the
+        filter inside it (the postings' ids, or the payloads, tested as each list is read)."""
         q = np.ascontiguousarray(query, dtype=np.float32)  # (d,)
+        ids, exact = self.postings.candidates(where.root) if self.postings is not None else (None, False)
+        match = None if exact else matcher(where)
+        enough = max(top_k, math.ceil(nprobe * len(self.where) / max(self._lists_held(), 1)))
+        if ids is not None and (nprobe == 0 or len(ids) <= SUBSET_FACTOR * enough):
+            return self._subset(q, top_k, ids, match)
+
+        def keep(lst: _List) -> np.ndarray:
+            """(n,) bool: which rows of a list match."""
+            n = len(lst)
+            if ids is not None:
+                inside = np.fromiter((i in ids for i in lst.ids), dtype=bool, count=n)
+                if match is None:
+                    return inside
+                return inside & np.fromiter(
+                    (bool(t) and match(p) for t, p in zip(inside, lst.payloads, strict=True)), bool, n
+                )
+            assert match is not None
+            return np.fromiter(map(match, lst.payloads), dtype=bool, count=n)
+
+        return self._routed_filtered(q, top_k, nprobe, enough if nprobe else math.inf, keep)
+
+    def _lists_held(self) -> int:
+        return sum(1 for lst in self.lists if lst.ids)
+
+    def _subset(
+        self, q: np.ndarray, top_k: int, ids: set[str], match: Callable[[str], bool] | None
+    ) -> tuple[list[Hit], int]:
+        """Exact top-k over the records `ids` (those `match` passes, where the ids are a superset)."""
+        at = [self.where[i] for i in ids]
+        if match is not None:
+            at = [(li, row) for li, row in at if match(self.lists[li].payloads[row])]
+        if not at:
+            return [], 0
+        places = np.array(at, dtype=np.int64)  # (m, 2) list, row
+        places = places[np.lexsort((places[:, 1], places[:, 0]))]  # grouped by list, rows in order
+        cuts = np.flatnonzero(np.diff(places[:, 0])) + 1
+        scores = np.concatenate(
+            [self.lists[int(g[0, 0])].vectors[g[:, 1]] @ q for g in np.split(places, cuts)]
+        )  # (m,)
+        best, best_scores = top_hits(scores, None, top_k)
+        found = zip(places[best, 0].tolist(), places[best, 1].tolist(), best_scores.tolist(), strict=True)
+        return [self._hit(li, row, score) for li, row, score in found], len(at)
+
+    def _routed_filtered(
+        self, q: np.ndarray, top_k: int, nprobe: int, enough: float, keep: Callable[[_List], np.ndarray]
+    ) -> tuple[list[Hit], int]:
+        """Lists in routing order (every list where nprobe is 0), past the nprobe best until
+        `enough` matching records have been scored, so that a selective filter does not leave the
+        probed lists all but empty (post-filtering's failure). `scored` counts the matching
+        records compared."""
         order = self._route(q, len(self.lists)) if nprobe else range(len(self.lists))
-        lists = [li for li in order if self.lists[li].ids]
-        enough = max(top_k, math.ceil(nprobe * len(self.where) / max(len(lists), 1))) if nprobe else math.inf
         parts: list[tuple[int, np.ndarray, np.ndarray]] = []  # (list, rows that match, their scores)
-        scored = 0
-        for probed, li in enumerate(lists, start=1):
+        scored = probed = 0
+        for li in order:
             lst = self.lists[li]
-            kept = np.flatnonzero(np.fromiter(map(match, lst.payloads), dtype=bool, count=len(lst)))  # (m,)
+            if not lst.ids:
+                continue
+            probed += 1
+            kept = np.flatnonzero(keep(lst))  # (m,)
             if kept.size:
                 parts.append((li, kept, lst.vectors[kept] @ q))  # (m,)
                 scored += int(kept.size)
@@ -406,6 +464,9 @@ class BuiltinCollection:
             rows = group[targets == t]
             ids, payloads = [op.ids[i] for i in rows.tolist()], [op.payloads[i] for i in rows.tolist()]
             first = self.lists[lists[t]].extend(ids, op.vectors[rows], payloads)
+            if self.postings is not None:
+                for record_id, payload in zip(ids, payloads, strict=True):
+                    self.postings.add(record_id, payload)
             self.where.update(zip(ids, [(lists[t], first + j) for j in range(len(ids))], strict=True))
             self._recentre(lists[t])
         for li in lists[:]:
@@ -445,6 +506,8 @@ class BuiltinCollection:
         if found is None:
             return
         li, row = found
+        if self.postings is not None:
+            self.postings.remove(record_id, self.lists[li].payloads[row])
         moved = self.lists[li].remove(row)
         if moved is not None:
             self.where[moved] = (li, row)

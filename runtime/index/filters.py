@@ -138,6 +138,11 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON value")
 
 
+def check_path(key: str, where: str) -> tuple[str, ...]:
+    """A dotted field path as filters take it, or InvalidInput naming `where`."""
+    return _Parser(0).path(key, where)
+
+
 class _Parser:
     def __init__(self, max_depth: int) -> None:
         self.max_depth, self.terms = max_depth, 0

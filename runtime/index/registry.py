@@ -22,13 +22,14 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from runtime.errors import AlreadyExists, CorruptData, InvalidInput, NotFound, shown
 from runtime.index import milvus
-from runtime.index.base import COLLECTION_BACKENDS, Collection, CollectionSpec, check_name
+from runtime.index.base import COLLECTION_BACKENDS, Collection, CollectionSpec, check_indexed, check_name
 from runtime.index.builtin import BuiltinCollection
 from runtime.index.wal import fsync_dir
 
@@ -96,12 +97,16 @@ class Collections:
             if spec is not None:
                 self.by_name[n] = milvus.MilvusCollection(spec, client, create=False)
 
-    def create(self, name: str, backend: str) -> Collection:
+    def create(self, name: str, backend: str, indexed: Sequence[str] = ()) -> Collection:
+        """A new collection; `indexed`: payload field paths to keep postings of (built-in only:
+        Milvus evaluates filters itself)."""
         check_name(name)
         backend = backend or "builtin"
         if backend not in COLLECTION_BACKENDS:
             raise InvalidInput(f"backend {shown(backend)} is not one of {', '.join(COLLECTION_BACKENDS)}")
-        spec = CollectionSpec(name, backend, self.dim, self.codebook_size, self.fingerprint)
+        spec = CollectionSpec(
+            name, backend, self.dim, self.codebook_size, self.fingerprint, check_indexed(indexed)
+        )
         with self.lock:
             self._sync_milvus(name)
             if name in self.by_name:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from runtime.errors import InvalidInput
 from runtime.index.base import Collection
 from runtime.index.filters import parse
 from runtime.index.registry import Collections
@@ -121,3 +122,23 @@ def test_a_listing_returns_every_record_present_throughout_exactly_once(tmp_path
     assert not set(stable) - set(seen)  # every record present throughout
     assert len(churned) >= 8 * len(pages) - 8
     reg.close()
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_declared_fields_survive_a_restart_and_a_bad_one_is_refused(tmp_path: Path, backend: str) -> None:
+    reg, _ = opened(tmp_path, backend)
+    c = reg.create("indexed", backend, ["colour", "dims.w", "colour"])
+    assert c.spec.indexed == ("colour", "dims.w")
+    payloads = [json.dumps({"colour": ["red", "blue"][i % 2], "dims": {"w": i}}) for i in range(40)]
+    c.upsert(
+        [f"r{i}" for i in range(40)], unit(np.random.default_rng(3), 40), np.zeros(40, np.int32), payloads
+    )
+    c.delete(["r0", "r1"])
+    reg.close()
+    again = Collections(tmp_path, D, K, "f" * 64)
+    c = again.get("indexed")
+    assert c.spec.indexed == ("colour", "dims.w")
+    assert c.count(parse({"colour": "red", "dims.w": {"$gte": 10}})) == len(range(10, 40, 2))
+    with pytest.raises(InvalidInput, match=r"indexed field 'a\.\.b': 'a\.\.b' is not a field path"):
+        again.create("bad", backend, ["a..b"])
+    again.close()

@@ -423,26 +423,30 @@ class SearchResponse(_message.Message):
     def __init__(self, fingerprint: _Optional[str] = ..., hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., scored: _Optional[int] = ..., results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "backend")
+    __slots__ = ("name", "backend", "indexed_fields")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    INDEXED_FIELDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     backend: str
-    def __init__(self, name: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
+    indexed_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., backend: _Optional[str] = ..., indexed_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("name", "backend", "count", "dim", "fingerprint")
+    __slots__ = ("name", "backend", "count", "dim", "fingerprint", "indexed_fields")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    INDEXED_FIELDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     backend: str
     count: int
     dim: int
     fingerprint: str
-    def __init__(self, name: _Optional[str] = ..., backend: _Optional[str] = ..., count: _Optional[int] = ..., dim: _Optional[int] = ..., fingerprint: _Optional[str] = ...) -> None: ...
+    indexed_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., backend: _Optional[str] = ..., count: _Optional[int] = ..., dim: _Optional[int] = ..., fingerprint: _Optional[str] = ..., indexed_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListCollectionsRequest(_message.Message):
     __slots__ = ()
