@@ -32,6 +32,7 @@ QUICK = {  # benchmark -> its arguments for a smoke run
 SLOW = {
     "attack": f"--seconds 1 --rounds 1 --tiny {CKPT} --edge {CKPT}",
     "batch": f"--images 16 --texts 64 --rounds 1 --load-records 200 --edge {CKPT}",
+    "filtered": f"--size 5000 --queries 8 --milvus-size 0 --edge {CKPT}",
     "serve": f"--tiny {CKPT} --edge {CKPT} --duration-s 1 --rounds 1 --repeats 1",
     "train_step": "--batch 4 --steps 1",
 }
