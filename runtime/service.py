@@ -472,9 +472,9 @@ class Service:
                 )
             total[qi] += p.weight * part.astype(np.float64)
         norms = np.linalg.norm(total, axis=1)  # (Q,)
-        for qi in np.flatnonzero(norms < ZERO_SUM).tolist():
+        if (cancelled := np.flatnonzero(norms < ZERO_SUM)).size:
             raise InvalidInput(
-                f"query {qi}: the weighted parts add up to (nearly) zero: no direction to search"
+                f"query {cancelled[0]}: the weighted parts add up to (nearly) zero: no direction to search"
             )
         unit = (total / norms[:, None]).astype(np.float32)  # (Q, d)
         return unit, self.embedder.vector_scores(unit), timings

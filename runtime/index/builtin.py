@@ -321,7 +321,8 @@ class BuiltinCollection:
         q = np.ascontiguousarray(query, dtype=np.float32)  # (d,)
         ids, exact = self.postings.candidates(where.root) if self.postings is not None else (None, False)
         match = None if exact else matcher(where)
-        enough = max(top_k, math.ceil(nprobe * len(self.where) / max(self._lists_held(), 1)))
+        held = int(np.count_nonzero(~self.empty))  # lists holding records
+        enough = max(top_k, math.ceil(nprobe * len(self.where) / max(held, 1)))
         if ids is not None and (nprobe == 0 or len(ids) <= SUBSET_FACTOR * enough):
             return self._subset(q, top_k, ids, match)
 
@@ -339,9 +340,6 @@ class BuiltinCollection:
             return np.fromiter(map(match, lst.payloads), dtype=bool, count=n)
 
         return self._routed_filtered(q, top_k, nprobe, enough if nprobe else math.inf, keep)
-
-    def _lists_held(self) -> int:
-        return sum(1 for lst in self.lists if lst.ids)
 
     def _subset(
         self, q: np.ndarray, top_k: int, ids: set[str], match: Callable[[str], bool] | None
