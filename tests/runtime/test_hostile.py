@@ -48,7 +48,17 @@ def valid_requests(dim: int) -> dict[str, list[Any]]:
     return {
         "Embed": [pb.EmbedRequest(items=items, top_codes=2, request_id="x")],
         "EmbedStream": [pb.EmbedRequest(items=items[:1])],
-        "Lookup": [pb.LookupRequest(items=[items[0], vector_item(v)], top_k=2, code_ids=[0, 1])],
+        "Lookup": [
+            pb.LookupRequest(items=[items[0], vector_item(v)], top_k=2, code_ids=[0, 1]),
+            pb.LookupRequest(
+                composed=[
+                    pb.ComposedQuery(
+                        parts=[pb.QueryPart(item=items[0]), pb.QueryPart(record_id="r1", weight=-0.5)]
+                    )
+                ],
+                collection="fuzz",
+            ),
+        ],
         "Info": [pb.InfoRequest()],
         "Upsert": [
             pb.UpsertRequest(collection="fuzz", records=[record, pb.Record(id="r2", content=vector_item(v))])
@@ -66,11 +76,27 @@ def valid_requests(dim: int) -> dict[str, list[Any]]:
             pb.SearchRequest(
                 collection="fuzz", query=items[0], top_k=3, filter_json='{"k": {"$in": [1, "a"]}}'
             ),
+            pb.SearchRequest(
+                collection="fuzz",
+                top_k=2,
+                offset=1,
+                parts=[pb.QueryPart(item=items[1], weight=0.7), pb.QueryPart(record_id="r2")],
+            ),
+            pb.SearchRequest(
+                collection="fuzz",
+                queries=[
+                    pb.SearchQuery(query=items[0], top_k=2, filter_json='{"k": 1}'),
+                    pb.SearchQuery(parts=[pb.QueryPart(record_id="r1")], nprobe=1),
+                ],
+            ),
         ],
         "Count": [
             pb.CountRequest(collection="fuzz", filter_json='{"$or": [{"k": 1}, {"k": {"$exists": false}}]}')
         ],
-        "CreateCollection": [pb.CreateCollectionRequest(name="fz_new", backend="builtin")],
+        "CreateCollection": [
+            pb.CreateCollectionRequest(name="fz_new", backend="builtin"),
+            pb.CreateCollectionRequest(name="fz_idx", indexed_fields=["k", "a.b"]),
+        ],
         "ListCollections": [pb.ListCollectionsRequest()],
         "DropCollection": [pb.DropCollectionRequest(name="fz_gone")],
     }
