@@ -34,16 +34,13 @@ import numpy as np
 from bench.common import EDGE_CHECKPOINT, machine, publish
 from bench.search import (
     INGEST_BATCH,
+    dataset,
     faiss_defaults,
     neighbour,
     one_at_a_time,
     percentiles,
-    real_embeddings,
     recall,
-    synthetic,
 )
-from bench.serve import ensure_bundle
-from runtime.bundle import load_bundle
 from runtime.index.base import CollectionSpec
 from runtime.index.builtin import BuiltinCollection
 from runtime.index.filters import Filter, parse
@@ -260,16 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args(argv)
     set_policy(os.cpu_count() or 1)
-    bundle_dir = ensure_bundle("efficientnet-minilm", args.edge)
-    bundle = load_bundle(bundle_dir)
-    codebook = np.load(bundle.path(bundle.manifest.codebook))
-    cached = bundle_dir.parent / f"search-anchors-{bundle.manifest.fingerprint[:12]}-{args.queries}.npz"
-    if not cached.is_file():
-        np.savez(cached, *real_embeddings(bundle, 3000 + args.queries, 1000))
-    with np.load(cached) as z:
-        texts, images = z["arr_0"], z["arr_1"]
-    anchors, queries = np.concatenate([texts[args.queries :], images]), texts[: args.queries]
-    vectors = synthetic(anchors, args.size, seed=args.size)
+    _, _, codebook, _, queries, vectors = dataset(args.edge, args.size, args.queries)
     codes = (vectors @ codebook.T).argmax(axis=1).astype(np.int32)  # (n,)
     q_scores = queries @ codebook.T  # (Q, K)
     category, price, tags = payloads(args.size, seed=1)

@@ -306,6 +306,24 @@ def verdicts(run: Run, data_mb: float) -> list[str]:
     return lines
 
 
+def dataset(
+    edge: Path, size: int, n_queries: int
+) -> tuple[Path, Bundle, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(bundle folder, bundle, codebook (K, d), anchors (A, d), queries (Q, d), vectors (size, d)):
+    the shipped bundle's real embeddings, its held-out captions as queries, and the synthetic
+    collection around the rest."""
+    bundle_dir = ensure_bundle("efficientnet-minilm", edge)
+    bundle = load_bundle(bundle_dir)
+    codebook = np.load(bundle.path(bundle.manifest.codebook))
+    cached = bundle_dir.parent / f"search-anchors-{bundle.manifest.fingerprint[:12]}-{n_queries}.npz"
+    if not cached.is_file():  # the real embeddings take a minute to compute; they depend on the bundle only
+        np.savez(cached, *real_embeddings(bundle, 3000 + n_queries, 1000))
+    with np.load(cached) as z:
+        texts, images = z["arr_0"], z["arr_1"]
+    anchors, queries = np.concatenate([texts[n_queries:], images]), texts[:n_queries]
+    return bundle_dir, bundle, codebook, anchors, queries, synthetic(anchors, size, seed=size)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -317,16 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args(argv)
     set_policy(os.cpu_count() or 1)  # the server's policy, for the in-process built-in rows
-    bundle_dir = ensure_bundle("efficientnet-minilm", args.edge)
-    bundle = load_bundle(bundle_dir)
-    codebook = np.load(bundle.path(bundle.manifest.codebook))
-    cached = bundle_dir.parent / f"search-anchors-{bundle.manifest.fingerprint[:12]}-{args.queries}.npz"
-    if not cached.is_file():  # the real embeddings take a minute to compute; they depend on the bundle only
-        np.savez(cached, *real_embeddings(bundle, 3000 + args.queries, 1000))
-    with np.load(cached) as z:
-        texts, images = z["arr_0"], z["arr_1"]
-    anchors, queries = np.concatenate([texts[args.queries :], images]), texts[: args.queries]
-    vectors = synthetic(anchors, args.size, seed=args.size)
+    bundle_dir, bundle, codebook, anchors, queries, vectors = dataset(args.edge, args.size, args.queries)
     import faiss
 
     with faiss_defaults():
